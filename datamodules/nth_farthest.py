@@ -1,0 +1,175 @@
+"""The Nth farthest task of Santoro et al. (2018), generated on the fly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+__all__ = ["NthFarthestDataModule", "make_nth_farthest"]
+
+
+def make_nth_farthest(
+    num_examples: int, num_vectors: int, num_features: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Draw ``num_examples`` Nth-farthest problems; see ``NthFarthestDataModule`` for the encoding.
+
+    Returns ``inputs [num_examples, K, F + 3K]`` (float32, one row per time step) and ``labels [num_examples]``
+    (int64, the id of the n-th farthest vector from vector m, 0-based: n = 0 is the farthest, n = K-1 is m itself).
+    """
+    B, K, Fe = num_examples, num_vectors, num_features
+    vectors = torch.rand(B, K, Fe, generator=generator) * 2.0 - 1.0  # [B, K, F], uniform in [-1, 1)
+    n = torch.randint(K, (B,), generator=generator)  # [B]
+    m = torch.randint(K, (B,), generator=generator)  # [B]
+    rows = torch.arange(B)
+    reference = vectors[rows, m]  # [B, F]
+    distances = (vectors - reference[:, None, :]).square().sum(-1)  # [B, K]: squared distance to vector m
+    order = distances.argsort(dim=-1, descending=True, stable=True)  # [B, K]: ids, farthest first
+    labels = order[rows, n]  # [B]
+    ids = torch.eye(K).expand(B, K, K)  # [B, K, K]: row i carries id i
+    n_hot = F.one_hot(n, K).float()[:, None, :].expand(B, K, K)  # [B, K, K]: same n on every row
+    m_hot = F.one_hot(m, K).float()[:, None, :].expand(B, K, K)
+    inputs = torch.cat([vectors, ids, n_hot, m_hot], dim=-1)  # [B, K, F + 3K]
+    shuffle = torch.rand(B, K, generator=generator).argsort(dim=-1)  # [B, K]: a random order of the rows
+    inputs = inputs.gather(1, shuffle[:, :, None].expand_as(inputs))
+    return inputs.contiguous(), labels
+
+
+class _GeneratedBatches(IterableDataset):
+    """Fresh training batches from one seeded generator; the stream continues across epochs (and resumes)."""
+
+    def __init__(self, datamodule: NthFarthestDataModule) -> None:
+        self.dm = datamodule
+
+    def __len__(self) -> int:
+        return self.dm.batches_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        dm = self.dm
+        for _ in range(dm.batches_per_epoch):
+            yield make_nth_farthest(dm.batch_size, dm.num_vectors, dm.num_features, dm.train_generator)
+
+
+class NthFarthestDataModule(LightningDataModule):
+    """Nth farthest: given K vectors, which one is the n-th farthest from vector m?
+
+    Each example is a sequence of K rows, one per vector, in random order. Row i is
+    ``[vector (F) | one-hot id of the vector (K) | one-hot n (K) | one-hot m (K)]``, width ``F + 3K``; n and m are
+    the same on every row. The label is the id of the n-th farthest vector from vector m, counting from 0
+    (Euclidean distance): n = 0 asks for the farthest vector, n = K - 1 for m itself. Chance is 1 / K.
+
+    Worked example (K = 3, F = 2, n = 0, m = 2), vectors with ids 0, 1, 2::
+
+        id 0: ( 0.5, -0.5)   distance to vector 2: 1.58
+        id 1: (-0.9,  0.1)   distance to vector 2: 0.14
+        id 2: (-1.0,  0.0)   (the reference, distance 0)
+
+        farthest first: 0, 1, 2  ->  n = 0 gives label 0
+        row of vector 1:  [-0.9, 0.1 | 0, 1, 0 | 1, 0, 0 | 0, 0, 1]   (width 2 + 3 * 3 = 11)
+
+    Sonnet's generator counts "n-th nearest" instead; the two are the same task with n relabelled as K - 1 - n.
+
+    Training batches are drawn on the fly from one generator seeded with ``train_seed`` (and the rank, under DDP),
+    so every step sees new problems; ``batches_per_epoch`` sets the epoch length and the generator's state is
+    saved in checkpoints, so a resumed run continues the same stream. Validation and test sets are fixed by
+    ``val_seed`` and ``test_seed``. ``batch_size`` is per device.
+
+    Args:
+        num_vectors: Vectors per example (K); also the sequence length and the number of classes.
+        num_features: Features per vector (F).
+        batch_size: Examples per batch (per device).
+        batches_per_epoch: Training batches in one epoch.
+        val_size: Examples in the fixed validation set.
+        test_size: Examples in the fixed test set.
+        train_seed: Seed of the training stream.
+        val_seed: Seed of the validation set.
+        test_seed: Seed of the test set.
+    """
+
+    def __init__(
+        self,
+        num_vectors: int = 8,
+        num_features: int = 16,
+        batch_size: int = 1600,
+        batches_per_epoch: int = 100,
+        val_size: int = 3200,
+        test_size: int = 3200,
+        train_seed: int = 0,
+        val_seed: int = 1,
+        test_seed: int = 2,
+    ) -> None:
+        super().__init__()
+        positive = {
+            "num_vectors": num_vectors,
+            "num_features": num_features,
+            "batch_size": batch_size,
+            "batches_per_epoch": batches_per_epoch,
+            "val_size": val_size,
+            "test_size": test_size,
+        }
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"NthFarthestDataModule: {name} must be a positive integer, got {name}={value!r}.")
+        if num_vectors < 2:
+            raise ValueError(
+                f"NthFarthestDataModule: num_vectors must be at least 2 for the task to mean anything, "
+                f"got num_vectors={num_vectors}."
+            )
+        self.save_hyperparameters()
+        self.num_vectors = num_vectors
+        self.num_features = num_features
+        self.batch_size = batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.val_size = val_size
+        self.test_size = test_size
+        self.train_seed = train_seed
+        self.val_seed = val_seed
+        self.test_seed = test_seed
+        self.train_generator = torch.Generator().manual_seed(train_seed)
+        self._eval_sets: dict[str, TensorDataset] = {}
+
+    @property
+    def input_size(self) -> int:
+        """Width of one input row: ``num_features + 3 * num_vectors``."""
+        return self.num_features + 3 * self.num_vectors
+
+    @property
+    def num_classes(self) -> int:
+        return self.num_vectors
+
+    def setup(self, stage: str | None = None) -> None:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        # Each DDP rank draws its own stream; rank 0 keeps the plain seed.
+        self.train_generator.manual_seed(self.train_seed + 1_000_003 * rank)
+
+    def _eval_set(self, split: str) -> TensorDataset:
+        if split not in self._eval_sets:
+            size, seed = (self.val_size, self.val_seed) if split == "val" else (self.test_size, self.test_seed)
+            generator = torch.Generator().manual_seed(seed)
+            self._eval_sets[split] = TensorDataset(
+                *make_nth_farthest(size, self.num_vectors, self.num_features, generator)
+            )
+        return self._eval_sets[split]
+
+    def train_dataloader(self) -> DataLoader:
+        # Generation is a few vectorised tensor ops per batch: worker processes would cost more than they save.
+        return DataLoader(_GeneratedBatches(self), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._eval_set("val"), batch_size=self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self._eval_set("test"), batch_size=self.batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def state_dict(self) -> dict:
+        return {"train_generator": self.train_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_generator.set_state(state_dict["train_generator"])

@@ -1,0 +1,20 @@
+"""rrn-lightning: relational recurrent networks (Santoro et al., 2018) for PyTorch Lightning.
+
+The cores (``RelationalMemory``, ``LSTMCore``) are plain ``nn.Module``s; the LightningModules wrap a core passed in.
+"""
+
+from .lstm import LSTMCore
+from .memory import RelationalMemory
+
+__version__ = "0.1.0"
+
+__all__ = ["LSTMCore", "RelationalMemory", "SequenceClassifier"]
+
+
+def __getattr__(name: str):
+    # The LightningModules import Lightning; the cores must import without it.
+    if name == "SequenceClassifier":
+        from .classifier import SequenceClassifier
+
+        return SequenceClassifier
+    raise AttributeError(f"module 'rrn_lightning' has no attribute {name!r}")

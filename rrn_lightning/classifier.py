@@ -1,0 +1,112 @@
+"""Sequence classification: a core reads the sequence, an MLP head classifies its last output."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from .hparams import save_config_hyperparameters
+from .memory import check_positive_int
+
+__all__ = ["SequenceClassifier", "mlp"]
+
+
+def mlp(in_features: int, hidden_sizes: tuple[int, ...] | list[int], out_features: int) -> nn.Sequential:
+    """Linear layers with ReLU after every hidden layer and none after the output layer."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [nn.Linear(in_features, size), nn.ReLU()]
+        in_features = size
+    layers.append(nn.Linear(in_features, out_features))
+    return nn.Sequential(*layers)
+
+
+class SequenceClassifier(LightningModule):
+    """Classify a sequence from the core's output at its last (real) step.
+
+    Batches are ``(inputs [B, T, ...], labels [B])`` or ``(inputs, labels, lengths [B])`` for padded sequences.
+    Logs ``{train,val,test}/loss`` and ``{train,val,test}/acc``.
+
+    Args:
+        core: The recurrent core, e.g. ``rrn_lightning.RelationalMemory`` or ``rrn_lightning.LSTMCore``
+            (``class_path`` in YAML). Its ``input_size`` is linked from the data by the ``rrn`` CLI.
+        num_classes: Number of classes (linked from the data by the ``rrn`` CLI).
+        head_sizes: Hidden layer sizes of the MLP head (ReLU after each); the paper uses four layers of 256.
+        optimizer: Optimizer factory, called with the parameters (``class_path: torch.optim.Adam`` in YAML).
+        lr_scheduler: Optional LR scheduler factory, called with the optimizer; stepped every epoch
+            (``ReduceLROnPlateau`` watches ``val/loss``).
+    """
+
+    def __init__(
+        self,
+        core: nn.Module,
+        num_classes: int,
+        head_sizes: tuple[int, ...] = (256, 256, 256, 256),
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive_int(type(self).__name__, "num_classes", num_classes)
+        for size in head_sizes:
+            check_positive_int(type(self).__name__, "head_sizes entries", size)
+        if not isinstance(getattr(core, "output_size", None), int):
+            raise ValueError(
+                f"SequenceClassifier: core must be a recurrent core with an int output_size "
+                f"(RelationalMemory or LSTMCore), got {type(core).__name__}."
+            )
+        save_config_hyperparameters(self)
+        self.core = core
+        self.head = mlp(core.output_size, tuple(head_sizes), num_classes)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, inputs: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """inputs ``[B, T, ...]`` -> logits ``[B, num_classes]``."""
+        outputs, _ = self.core(inputs, lengths=lengths)  # [B, T, O]
+        if lengths is None:
+            last = outputs[:, -1]  # [B, O]
+        else:
+            index = (lengths.to(outputs.device).long() - 1).clamp(min=0)  # [B]
+            last = outputs[torch.arange(outputs.shape[0], device=outputs.device), index]  # [B, O]
+        return self.head(last)
+
+    def _shared_step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+        inputs, labels, *rest = batch
+        logits = self(inputs, rest[0] if rest else None)
+        loss = F.cross_entropy(logits.float(), labels)
+        accuracy = getattr(self, f"{stage}_acc")
+        accuracy(logits, labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step,
+                 batch_size=labels.shape[0])
+        self.log(f"{stage}/acc", accuracy, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
+        inputs, *rest = batch
+        lengths = rest[1] if len(rest) > 1 else None
+        probabilities = self(inputs, lengths).softmax(-1)
+        return {"prediction": probabilities.argmax(-1), "probabilities": probabilities}
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

@@ -1,0 +1,25 @@
+"""Hyperparameter saving shared by the LightningModules."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+from lightning.pytorch import LightningModule
+from torch import nn
+
+
+def save_config_hyperparameters(module: LightningModule) -> None:
+    """Save the calling ``__init__``'s arguments so that ``load_from_checkpoint(path)`` alone rebuilds the module.
+
+    Under the ``rrn`` CLI, Lightning records the parsed config (the core as ``class_path`` + ``init_args``), which
+    is all a checkpoint needs. A module built in Python receives the core as an ``nn.Module`` instead; its weights
+    are in the state dict already, so it is not pickled into the hyperparameters: load such a checkpoint with
+    ``load_from_checkpoint(path, core=<a core of the same shape>)``.
+    """
+    frame = inspect.currentframe().f_back  # the LightningModule's __init__
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`.*")
+        module.save_hyperparameters(frame=frame)
+    for name in [k for k, v in module.hparams.items() if isinstance(v, nn.Module)]:
+        del module.hparams[name]

@@ -1,0 +1,121 @@
+"""LSTM baseline with the same interface as ``RelationalMemory``: ``initial_state``, ``step``, ``forward``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .memory import _length_mask, check_positive_int
+
+__all__ = ["LSTMCore"]
+
+LSTMState = tuple[Tensor, Tensor]
+
+
+class LSTMCore(nn.Module):
+    """A (stacked) LSTM over ``nn.LSTM`` - the cuDNN kernel on GPU for whole sequences - as a drop-in core.
+
+    The state is ``nn.LSTM``'s ``(h, c)``, each ``[num_layers, B, hidden_size]``. ``forward`` with ``lengths`` runs
+    packed sequences, so each sequence's state is taken at its true end and outputs at padded steps are zero.
+
+    Args:
+        input_size: Features of one input row (D).
+        hidden_size: Units per layer; also the output size.
+        num_layers: Stacked LSTM layers.
+        dropout: Dropout between stacked layers (as ``nn.LSTM``; needs num_layers > 1 to have an effect).
+        input_rows: Input rows per step (n); with n > 1 a step's input ``[B, n, D]`` is flattened to ``n * D``
+            features, so the same data feeds an RMC with ``input_rows=n`` and this baseline.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        input_rows: int = 1,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        for name, value in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+            ("input_rows", input_rows),
+        ):
+            check_positive_int(owner, name, value)
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{owner}: dropout must be a probability in [0, 1), got dropout={dropout!r}.")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.input_rows = input_rows
+        self.lstm = nn.LSTM(
+            input_rows * input_size, hidden_size, num_layers=num_layers, dropout=float(dropout), batch_first=True
+        )
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
+
+    def initial_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> LSTMState:
+        """Zero ``(h, c)``, each ``[num_layers, batch_size, hidden_size]``."""
+        check_positive_int(f"{type(self).__name__}.initial_state", "batch_size", batch_size)
+        shape = (self.num_layers, batch_size, self.hidden_size)
+        return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+
+    def _flatten_rows(self, where: str, x: Tensor, leading: int) -> Tensor:
+        row = (self.input_size,) if self.input_rows == 1 else (self.input_rows, self.input_size)
+        if x.dim() != leading + len(row) or tuple(x.shape[leading:]) != row:
+            names = ["batch", "time"][:leading]
+            if self.input_rows > 1:
+                names.append(f"input_rows={self.input_rows}")
+            names.append(f"input_size={self.input_size}")
+            raise ValueError(f"LSTMCore.{where}: input must have shape [{', '.join(names)}], got {list(x.shape)}.")
+        return x.flatten(leading) if self.input_rows > 1 else x
+
+    def _check_state(self, where: str, state: LSTMState, batch_size: int) -> None:
+        expected = (self.num_layers, batch_size, self.hidden_size)
+        ok = isinstance(state, tuple | list) and len(state) == 2
+        ok = ok and all(isinstance(s, Tensor) and tuple(s.shape) == expected for s in state)
+        if not ok:
+            got = [list(s.shape) if isinstance(s, Tensor) else type(s).__name__ for s in state] if isinstance(
+                state, tuple | list
+            ) else type(state).__name__
+            raise ValueError(
+                f"LSTMCore.{where}: state must be a pair (h, c), each of shape [num_layers, batch, hidden_size] = "
+                f"{list(expected)}, got {got}. Use core.initial_state(batch_size) for a fresh state."
+            )
+
+    def step(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        """One step: x ``[B, D]`` (or ``[B, n, D]``) -> ``(output [B, H], (h, c))``."""
+        x = self._flatten_rows("step", x, leading=1)
+        self._check_state("step", state, x.shape[0])
+        out, state = self.lstm(x.unsqueeze(1), tuple(state))  # out [B, 1, H]
+        return out[:, 0], state
+
+    def forward(
+        self, xs: Tensor, state: LSTMState | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, LSTMState]:
+        """Run over ``xs`` ``[B, T, D]`` (or ``[B, T, n, D]``) -> ``(outputs [B, T, H], (h, c))``."""
+        xs = self._flatten_rows("forward", xs, leading=2)
+        B, T = xs.shape[:2]
+        if T == 0:
+            raise ValueError(f"LSTMCore.forward: the input has no time steps (shape {list(xs.shape)}).")
+        if state is None:
+            state = self.initial_state(B, device=xs.device, dtype=xs.dtype)
+        self._check_state("forward", state, B)
+        state = tuple(state)
+        if lengths is None:
+            return self.lstm(xs, state)
+        _length_mask(lengths, B, T, xs.device)  # validates shape, dtype and range
+        lengths = torch.as_tensor(lengths).cpu()
+        if int(lengths.min()) == 0:
+            raise ValueError("LSTMCore.forward: lengths must be >= 1 (packed sequences cannot be empty).")
+        packed = pack_padded_sequence(xs, lengths, batch_first=True, enforce_sorted=False)
+        out, state = self.lstm(packed, state)
+        outs, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # [B, T, H], zeros when padded
+        return outs, state

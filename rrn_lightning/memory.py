@@ -1,0 +1,350 @@
+"""The Relational Memory Core (RMC) of Santoro et al., "Relational recurrent neural networks" (NeurIPS 2018).
+
+A plain ``nn.Module`` with the semantics and argument names of DeepMind Sonnet v1's ``RelationalMemory``; it knows
+nothing of Lightning or data. ``../shared/DESIGN.md`` (in the repository) states the step exactly; in short, at
+every time step the projected input rows are appended to the ``mem_slots`` memory rows, all rows attend to each
+other with multi-head dot-product attention followed by a shared MLP (post-norm residuals, repeated ``num_blocks``
+times), the input rows are dropped again, and LSTM-style input/forget gates mix the result into the old memory.
+
+Shapes: B batch, T time, N = mem_slots, H = num_heads, h = head_size, k = key_size, M = H * h, n = input_rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["RelationalMemory", "sonnet_linear_init_", "check_positive_int"]
+
+GateStyle = Literal["unit", "memory"] | None
+_GATE_STYLES = ("unit", "memory", None)
+
+
+def sonnet_linear_init_(linear: nn.Linear) -> None:
+    """Sonnet's default Linear initialisation: weights ~ N(0, 1/fan_in) truncated at two standard deviations, zero bias."""
+    std = 1.0 / math.sqrt(linear.in_features)
+    nn.init.trunc_normal_(linear.weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+def check_positive_int(owner: str, name: str, value: object) -> None:
+    """Raise a ValueError naming ``owner``'s argument ``name`` unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {name}={value!r}.")
+
+
+class AttentionBlock(nn.Module):
+    """The parameters one attention block owns: its fused q/k/v projection with one LayerNorm over all q/k/v
+    features, and the LayerNorms after the attention and after the (shared) MLP residuals."""
+
+    def __init__(self, mem_size: int, num_heads: int, key_size: int, head_size: int) -> None:
+        super().__init__()
+        qkv_size = num_heads * (2 * key_size + head_size)
+        self.qkv = nn.Linear(mem_size, qkv_size)
+        self.qkv_norm = nn.LayerNorm(qkv_size)
+        self.attention_norm = nn.LayerNorm(mem_size)
+        self.mlp_norm = nn.LayerNorm(mem_size)
+
+
+class RelationalMemory(nn.Module):
+    """Relational Memory Core: a recurrent core whose state is ``mem_slots`` memory rows that attend to each other.
+
+    Example::
+
+        core = RelationalMemory(input_size=16, mem_slots=4, head_size=32, num_heads=2)
+        xs = torch.randn(8, 10, 16)                 # [B, T, D]
+        outs, state = core(xs)                      # outs [8, 10, 4 * 64], state [8, 4, 64]
+        out, state = core.step(xs[:, 0], state)     # one step: out [8, 256]
+
+    ``forward`` over a sequence gives what a loop of ``step`` gives. With ``lengths`` (padded batches) a sequence's
+    state stops changing at its length, so the returned state is each sequence's state at its true end, and the
+    outputs at padded steps are zero (as ``nn.LSTM`` gives for packed sequences).
+
+    After each call, ``last_gates`` holds the last step's ``(input_gate, forget_gate)`` (detached), each
+    ``[B, N, M]`` for ``gate_style="unit"`` and ``[B, N, 1]`` for ``"memory"``; ``None`` without gating.
+
+    Args:
+        input_size: Features of one input row (D).
+        mem_slots: Number of memory rows (N).
+        head_size: Size of each attention head's values (h); a memory row has ``num_heads * head_size`` features.
+        num_heads: Number of attention heads (H).
+        num_blocks: How many times attention and MLP are applied per step; each block has its own attention
+            parameters and LayerNorms, the MLP is shared by all blocks (as in Sonnet).
+        forget_bias: Added to the forget gate's pre-activation (``+inf`` keeps the memory unchanged).
+        input_bias: Added to the input gate's pre-activation.
+        gate_style: ``"unit"`` (one gate per memory feature), ``"memory"`` (one scalar gate per slot) or ``None``
+            (no gating: the new memory is the attention output itself).
+        attention_mlp_layers: Number of Linear(M, M) layers in the MLP after attention (ReLU between them).
+        key_size: Size of queries and keys per head (k); defaults to ``head_size``.
+        input_rows: Input rows read per step (n). With n > 1, inputs are ``[B, n, D]`` per step (Sonnet's
+            ``treat_input_as_matrix``); the gate layer then reads ``n * M`` features, so n is fixed here.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        mem_slots: int,
+        head_size: int,
+        num_heads: int = 1,
+        num_blocks: int = 1,
+        forget_bias: float = 1.0,
+        input_bias: float = 0.0,
+        gate_style: GateStyle = "unit",
+        attention_mlp_layers: int = 2,
+        key_size: int | None = None,
+        input_rows: int = 1,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        for name, value in (
+            ("input_size", input_size),
+            ("mem_slots", mem_slots),
+            ("head_size", head_size),
+            ("num_heads", num_heads),
+            ("num_blocks", num_blocks),
+            ("attention_mlp_layers", attention_mlp_layers),
+            ("input_rows", input_rows),
+        ):
+            check_positive_int(owner, name, value)
+        if key_size is not None:
+            check_positive_int(owner, "key_size", key_size)
+        if gate_style not in _GATE_STYLES:
+            raise ValueError(
+                f"{owner}: gate_style must be 'unit', 'memory' or None (no gating), got gate_style={gate_style!r}."
+            )
+        for name, value in (("forget_bias", forget_bias), ("input_bias", input_bias)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+                raise ValueError(f"{owner}: {name} must be a number (inf allowed), got {name}={value!r}.")
+
+        self.input_size = input_size
+        self.mem_slots = mem_slots
+        self.head_size = head_size
+        self.num_heads = num_heads
+        self.num_blocks = num_blocks
+        self.forget_bias = float(forget_bias)
+        self.input_bias = float(input_bias)
+        self.gate_style = gate_style
+        self.attention_mlp_layers = attention_mlp_layers
+        self.key_size = key_size if key_size is not None else head_size
+        self.input_rows = input_rows
+        self.mem_size = num_heads * head_size
+
+        M = self.mem_size
+        self.input_projection = nn.Linear(input_size, M)
+        self.blocks = nn.ModuleList(
+            AttentionBlock(M, num_heads, self.key_size, head_size) for _ in range(num_blocks)
+        )
+        mlp: list[nn.Module] = []
+        for i in range(attention_mlp_layers):
+            if i > 0:
+                mlp.append(nn.ReLU())
+            mlp.append(nn.Linear(M, M))
+        self.mlp = nn.Sequential(*mlp)
+        gate_size = {"unit": M, "memory": 1, None: 0}[gate_style]
+        self.gate_size = gate_size
+        if gate_size:
+            self.gate_input = nn.Linear(input_rows * M, 2 * gate_size)
+            self.gate_memory = nn.Linear(M, 2 * gate_size)
+        self.last_gates: tuple[Tensor, Tensor] | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Sonnet's initialisation: truncated-normal Linear weights, zero biases, LayerNorm scale 1 and offset 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                sonnet_linear_init_(module)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+
+    @property
+    def output_size(self) -> int:
+        """Features of one output step: ``mem_slots * num_heads * head_size``."""
+        return self.mem_slots * self.mem_size
+
+    @property
+    def state_shape(self) -> tuple[int, int]:
+        """Shape of the state without the batch: ``(mem_slots, num_heads * head_size)``."""
+        return (self.mem_slots, self.mem_size)
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, mem_slots={self.mem_slots}, head_size={self.head_size}, "
+            f"num_heads={self.num_heads}, num_blocks={self.num_blocks}, key_size={self.key_size}, "
+            f"gate_style={self.gate_style!r}, forget_bias={self.forget_bias}, input_bias={self.input_bias}, "
+            f"input_rows={self.input_rows}"
+        )
+
+    def initial_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """Identity memory: slot i is the i-th unit vector, zero-padded (or cut) to ``num_heads * head_size``.
+
+        Returns ``[batch_size, mem_slots, num_heads * head_size]``.
+        """
+        check_positive_int(f"{type(self).__name__}.initial_state", "batch_size", batch_size)
+        N, M = self.mem_slots, self.mem_size
+        eye = torch.eye(N, max(N, M), device=device, dtype=dtype)[:, :M]  # [N, M]
+        return eye.expand(batch_size, N, M).clone()  # [B, N, M]
+
+    # ------------------------------------------------------------------ checks
+    def _row_shape(self) -> tuple[int, ...]:
+        return (self.input_size,) if self.input_rows == 1 else (self.input_rows, self.input_size)
+
+    def _check_state(self, where: str, state: Tensor, batch_size: int) -> None:
+        expected = (batch_size, *self.state_shape)
+        if not isinstance(state, Tensor) or tuple(state.shape) != expected:
+            got = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
+            raise ValueError(
+                f"RelationalMemory.{where}: state must have shape [batch, mem_slots, num_heads * head_size] = "
+                f"{list(expected)}, got {got}. Use core.initial_state(batch_size) for a fresh state."
+            )
+
+    def _check_inputs(self, where: str, x: Tensor, leading: int) -> None:
+        """Check that ``x`` is ``[*leading dims, *row shape]``."""
+        row = self._row_shape()
+        names = ["batch", "time"][:leading]
+        if self.input_rows > 1:
+            names.append(f"input_rows={self.input_rows}")
+        names.append(f"input_size={self.input_size}")
+        if x.dim() != leading + len(row) or tuple(x.shape[leading:]) != row:
+            raise ValueError(
+                f"RelationalMemory.{where}: input must have shape [{', '.join(names)}], got {list(x.shape)}."
+            )
+
+    # ------------------------------------------------------------------ computation
+    def _project_inputs(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Input-only work, done once for a whole sequence: x [..., (n,) D] -> rows [..., n, M], gate part [..., 2G]."""
+        rows = self.input_projection(x)
+        if self.input_rows == 1:
+            rows = rows.unsqueeze(-2)  # [..., 1, M]
+        gate_in = self.gate_input(rows.flatten(-2)) if self.gate_size else None  # [..., 2G]
+        return rows, gate_in
+
+    def _attend(self, block: AttentionBlock, m: Tensor) -> tuple[Tensor, Tensor]:
+        """Multi-head attention of all rows over all rows: m [B, R, M] -> ([B, R, M], weights [B, H, R, R])."""
+        B, R, _ = m.shape
+        H, k, h = self.num_heads, self.key_size, self.head_size
+        qkv = block.qkv_norm(block.qkv(m))  # [B, R, H*(2k+h)]
+        qkv = qkv.view(B, R, H, 2 * k + h).transpose(1, 2)  # [B, H, R, 2k+h]
+        q, key, v = qkv.split([k, k, h], dim=-1)  # [B, H, R, k], [B, H, R, k], [B, H, R, h]
+        scores = torch.matmul(q * (k**-0.5), key.transpose(-1, -2))  # [B, H, R, R]
+        weights = torch.softmax(scores, dim=-1)
+        att = torch.matmul(weights, v)  # [B, H, R, h]
+        return att.transpose(1, 2).reshape(B, R, H * h), weights  # [B, R, M]
+
+    def _update(
+        self, memory: Tensor, rows: Tensor, gate_in: Tensor | None, keep_attention: bool
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor | None]:
+        """One step from projected input rows [B, n, M] and the old memory [B, N, M] to the new memory [B, N, M]."""
+        N = self.mem_slots
+        m = torch.cat([memory, rows], dim=1)  # [B, N+n, M]
+        weights = []
+        for block in self.blocks:
+            att, w = self._attend(block, m)
+            m = block.attention_norm(m + att)
+            m = block.mlp_norm(self.mlp(m) + m)
+            if keep_attention:
+                weights.append(w)
+        new = m[:, :N]  # [B, N, M]: the input rows are dropped
+        gates = None
+        if gate_in is not None:
+            g = self.gate_memory(torch.tanh(memory)) + gate_in.unsqueeze(1)  # [B, N, 2G]
+            input_gate, forget_gate = g.chunk(2, dim=-1)  # [B, N, G] each
+            input_gate = torch.sigmoid(input_gate + self.input_bias)
+            forget_gate = torch.sigmoid(forget_gate + self.forget_bias)
+            new = input_gate * torch.tanh(new) + forget_gate * memory
+            gates = (input_gate, forget_gate)
+        attention = torch.stack(weights, dim=1) if keep_attention else None  # [B, blocks, H, N+n, N+n]
+        return new, gates, attention
+
+    def _store_gates(self, gates: tuple[Tensor, Tensor] | None) -> None:
+        self.last_gates = None if gates is None else (gates[0].detach(), gates[1].detach())
+
+    def step(self, x: Tensor, state: Tensor, return_attention: bool = False):
+        """One time step.
+
+        Args:
+            x: ``[B, D]``, or ``[B, n, D]`` when ``input_rows = n > 1``.
+            state: ``[B, N, M]``, e.g. from ``initial_state(B)``.
+            return_attention: Also return the attention weights ``[B, num_blocks, H, N+n, N+n]``.
+
+        Returns:
+            ``(output [B, N*M], new_state [B, N, M])``, plus the attention weights when asked for.
+        """
+        self._check_inputs("step", x, leading=1)
+        self._check_state("step", state, x.shape[0])
+        rows, gate_in = self._project_inputs(x)
+        new, gates, attention = self._update(state, rows, gate_in, return_attention)
+        self._store_gates(gates)
+        out = new.flatten(1)  # [B, N*M]
+        return (out, new, attention) if return_attention else (out, new)
+
+    def forward(
+        self,
+        xs: Tensor,
+        state: Tensor | None = None,
+        lengths: Tensor | None = None,
+        return_attention: bool = False,
+    ):
+        """Run over a batch-first sequence.
+
+        Args:
+            xs: ``[B, T, D]``, or ``[B, T, n, D]`` when ``input_rows = n > 1``.
+            state: initial state ``[B, N, M]``; ``initial_state(B)`` when omitted.
+            lengths: optional ``[B]`` integer lengths (0..T) for padded batches.
+            return_attention: Also return the attention weights ``[B, T, num_blocks, H, N+n, N+n]``.
+
+        Returns:
+            ``(outputs [B, T, N*M], final_state [B, N, M])``, plus the attention weights when asked for.
+        """
+        self._check_inputs("forward", xs, leading=2)
+        B, T = xs.shape[:2]
+        if T == 0:
+            raise ValueError(f"RelationalMemory.forward: the input has no time steps (shape {list(xs.shape)}).")
+        if state is None:
+            state = self.initial_state(B, device=xs.device, dtype=xs.dtype)
+        self._check_state("forward", state, B)
+        mask = None if lengths is None else _length_mask(lengths, B, T, xs.device)  # [B, T] or None
+
+        rows, gate_in = self._project_inputs(xs)  # [B, T, n, M], [B, T, 2G]: one matmul for all steps
+        memory = state
+        outputs, attentions = [], []
+        gates = None
+        for t in range(T):
+            new, gates, attention = self._update(
+                memory, rows[:, t], None if gate_in is None else gate_in[:, t], return_attention
+            )
+            if mask is not None:
+                new = torch.where(mask[:, t, None, None], new, memory)
+            memory = new
+            outputs.append(new.flatten(1))  # [B, N*M]
+            if return_attention:
+                attentions.append(attention)
+        self._store_gates(gates)
+        outs = torch.stack(outputs, dim=1)  # [B, T, N*M]
+        if mask is not None:
+            outs = outs.masked_fill(~mask[:, :, None], 0.0)
+        if return_attention:
+            return outs, memory, torch.stack(attentions, dim=1)  # [B, T, blocks, H, N+n, N+n]
+        return outs, memory
+
+
+def _length_mask(lengths: Tensor, batch_size: int, steps: int, device: torch.device) -> Tensor:
+    """Validate ``lengths`` [B] and return the [B, T] mask of real (not padded) steps."""
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.shape != (batch_size,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(
+            f"lengths must be an integer tensor of shape [batch]={[batch_size]}, "
+            f"got shape {list(lengths.shape)} and dtype {lengths.dtype}."
+        )
+    if len(lengths) and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
+        raise ValueError(
+            f"lengths must lie in 0..{steps} (the number of time steps), got values from "
+            f"{int(lengths.min())} to {int(lengths.max())}."
+        )
+    return torch.arange(steps, device=device)[None, :] < lengths.to(device)[:, None]  # [B, T]

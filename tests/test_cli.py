@@ -1,0 +1,111 @@
+"""The `rrn` CLI end to end: every shipped YAML builds, CPU configs fit, runs write TensorBoard events and
+checkpoints that load on their own, and bad configs fail with a readable message."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules import NthFarthestDataModule
+from rrn_lightning import LSTMCore, RelationalMemory, SequenceClassifier
+from rrn_lightning.cli import cli_main
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+CONFIGS = sorted(EXPERIMENTS.rglob("*.yaml"))
+CPU_CONFIGS = [c for c in CONFIGS if c.stem.endswith("_cpu")]
+# Paper-scale configs run one tiny step: same model and task, small batches.
+SMALL_DATA = ["--data.init_args.batch_size=8", "--data.init_args.val_size=8", "--data.init_args.test_size=8"]
+
+
+def test_every_config_is_found():
+    names = {f"{c.parent.name}/{c.name}" for c in CONFIGS}
+    assert {"nth_farthest/rmc.yaml", "nth_farthest/lstm.yaml", "nth_farthest/rmc_cpu.yaml",
+            "nth_farthest/lstm_cpu.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.parent.name}/{c.stem}")
+def test_config_parses_and_builds(config, tmp_path):
+    cli = cli_main(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    assert isinstance(cli.model, SequenceClassifier)
+    assert isinstance(cli.model.core, RelationalMemory | LSTMCore)
+    assert cli.model.core.input_size == cli.datamodule.input_size
+    assert cli.model.head[-1].out_features == cli.datamodule.num_classes
+    header = config.read_text().splitlines()[0]
+    assert header.startswith("#"), "every config starts with a comment saying what it is"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.parent.name}/{c.stem}")
+def test_config_fits_fast_dev_run(config, tmp_path):
+    extra = [] if config in CPU_CONFIGS else SMALL_DATA
+    cli = cli_main(["fit", "--config", str(config), "--trainer.fast_dev_run=true",
+                    f"--trainer.default_root_dir={tmp_path}", *extra])
+    assert cli.trainer.state.finished
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_fit_writes_tensorboard_and_a_checkpoint_that_loads_alone(tmp_path):
+    config = EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml"
+    cli = cli_main(["fit", "--config", str(config), "--trainer.max_steps=2", "--data.init_args.batches_per_epoch=2",
+                    "--trainer.limit_val_batches=1",
+                    f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    run = tmp_path / "nth_farthest_rmc_cpu" / "version_0"
+    assert list(run.glob("events.out.tfevents.*")), f"no TensorBoard events in {run}"
+    checkpoints = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert [c.name for c in checkpoints] == ["epoch0-step2.ckpt", "last.ckpt"]
+
+    loaded = SequenceClassifier.load_from_checkpoint(checkpoints[-1])
+    assert isinstance(loaded.core, RelationalMemory)
+    for (name, a), (_, b) in zip(cli.model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a.cpu(), b.cpu()), name
+    x, _ = next(iter(cli.datamodule.val_dataloader()))
+    cli.model.eval()
+    loaded.eval()
+    torch.testing.assert_close(loaded(x), cli.model(x))
+
+
+def test_test_subcommand_reads_a_checkpoint(tmp_path):
+    config = EXPERIMENTS / "nth_farthest" / "lstm_cpu.yaml"
+    common = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
+    cli_main(["fit", *common, "--trainer.max_steps=1", "--trainer.limit_val_batches=1"])
+    checkpoint = tmp_path / "nth_farthest_lstm_cpu" / "version_0" / "checkpoints" / "last.ckpt"
+    cli = cli_main(["test", *common, f"--ckpt_path={checkpoint}", "--trainer.limit_test_batches=1"])
+    assert 0.0 <= float(cli.trainer.callback_metrics["test/acc"]) <= 1.0
+
+
+def test_python_built_model_saves_no_module_in_hyperparameters():
+    model = SequenceClassifier(LSTMCore(16, 8), num_classes=4)
+    assert "core" not in model.hparams and model.hparams.num_classes == 4
+    logits = model(NthFarthestDataModule(num_vectors=4, num_features=4, val_size=5).val_dataloader().dataset[:][0])
+    assert logits.shape == (5, 4)
+
+
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "relational recurrent networks" in out and "fit" in out and "experiments/" in out
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "--run_name" in out and "--checkpoint.monitor" in out and "--data" in out
+
+
+def test_unknown_key_fails_readably(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml").read_text().replace("mem_slots:", "mem_slotz:"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(bad), f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code != 0
+    assert "mem_slotz" in capsys.readouterr().err
+
+
+def test_bad_value_fails_readably(tmp_path, capsys):
+    config = EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(config), "--model.init_args.core.init_args.mem_slots=0",
+                  f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "mem_slots must be a positive integer, got mem_slots=0" in err
+    assert "Traceback" not in err

@@ -1,0 +1,102 @@
+"""NthFarthestDataModule: encoding widths, labels against brute force, seeds and streams."""
+
+
+import pytest
+import torch
+
+from datamodules import NthFarthestDataModule, make_nth_farthest
+
+
+def decode(row_block: torch.Tensor, K: int, F: int):
+    """Rows [K, F + 3K] -> (vectors by id, n, m)."""
+    vectors = {}
+    for row in row_block:
+        vectors[int(row[F : F + K].argmax())] = row[:F].tolist()
+    n = int(row_block[0, F + K : F + 2 * K].argmax())
+    m = int(row_block[0, F + 2 * K :].argmax())
+    return vectors, n, m
+
+
+@pytest.mark.parametrize("K,F", [(2, 1), (4, 4), (8, 16), (5, 3)])
+def test_labels_agree_with_brute_force(K, F):
+    inputs, labels = make_nth_farthest(300, K, F, torch.Generator().manual_seed(K * 100 + F))
+    assert inputs.shape == (300, K, F + 3 * K) and inputs.dtype == torch.float32
+    assert labels.shape == (300,) and labels.dtype == torch.int64
+    for block, label in zip(inputs, labels.tolist(), strict=True):
+        vectors, n, m = decode(block, K, F)
+        assert sorted(vectors) == list(range(K))  # every id exactly once
+        distance = {i: sum((a - b) ** 2 for a, b in zip(v, vectors[m], strict=True)) ** 0.5 for i, v in vectors.items()}
+        farthest_first = sorted(distance, key=lambda i: -distance[i])
+        assert label == farthest_first[n]
+        # The one-hot blocks are exact one-hots, the same n and m on every row.
+        for row in block:
+            for start in (F, F + K, F + 2 * K):
+                assert sorted(row[start : start + K].tolist()) == [0.0] * (K - 1) + [1.0]
+        assert (block[:, F + K :] == block[0, F + K :]).all()
+        assert all(-1.0 <= x <= 1.0 for v in vectors.values() for x in v)
+
+
+def test_rows_are_shuffled_and_questions_vary():
+    inputs, labels = make_nth_farthest(2000, 4, 4, torch.Generator().manual_seed(0))
+    first_ids = inputs[:, 0, 4:8].argmax(-1)
+    assert set(first_ids.tolist()) == {0, 1, 2, 3}
+    assert set(labels.tolist()) == {0, 1, 2, 3}
+    n = inputs[:, 0, 8:12].argmax(-1)
+    m = inputs[:, 0, 12:16].argmax(-1)
+    # n = K - 1 asks for m itself.
+    assert (labels[n == 3] == m[n == 3]).all()
+    assert (labels[n == 0] != m[n == 0]).all()
+    for value in range(4):  # roughly uniform n and m
+        assert 0.2 < (n == value).float().mean() < 0.3
+        assert 0.2 < (m == value).float().mean() < 0.3
+
+
+def test_datamodule_sizes_and_fixed_eval_sets():
+    dm = NthFarthestDataModule(num_vectors=4, num_features=4, batch_size=32, batches_per_epoch=3, val_size=70, test_size=50)
+    assert dm.input_size == 16 and dm.num_classes == 4
+    dm.setup("fit")
+    train = list(dm.train_dataloader())
+    assert len(train) == 3 and len(dm.train_dataloader()) == 3
+    x, y = train[0]
+    assert x.shape == (32, 4, 16) and y.shape == (32,)
+    # A new epoch draws new problems.
+    again = list(dm.train_dataloader())
+    assert not torch.equal(again[0][0], train[0][0])
+    val = torch.cat([b[0] for b in dm.val_dataloader()])
+    test = torch.cat([b[0] for b in dm.test_dataloader()])
+    assert val.shape[0] == 70 and test.shape[0] == 50
+    other = NthFarthestDataModule(num_vectors=4, num_features=4, batch_size=32, val_size=70, test_size=50)
+    assert torch.equal(val, torch.cat([b[0] for b in other.val_dataloader()]))
+    assert not torch.equal(val[:50], test)
+
+
+def test_training_stream_is_seeded_and_resumes_from_state():
+    def fresh():
+        dm = NthFarthestDataModule(num_vectors=3, num_features=2, batch_size=8, batches_per_epoch=2, train_seed=5)
+        dm.setup("fit")
+        return dm
+
+    a, b = fresh(), fresh()
+    first = list(a.train_dataloader())
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(first, b.train_dataloader(), strict=True))
+    state = a.state_dict()
+    expected = list(a.train_dataloader())
+    c = fresh()
+    c.load_state_dict(state)
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(expected, c.train_dataloader(), strict=True))
+
+
+@pytest.mark.parametrize(
+    "kwargs,name", [({"num_vectors": 1}, "num_vectors"), ({"batch_size": 0}, "batch_size"), ({"val_size": -3}, "val_size")]
+)
+def test_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=f"{name}={next(iter(kwargs.values()))}"):
+        NthFarthestDataModule(**kwargs)
+
+
+def test_docstring_example_is_right():
+    vectors = torch.tensor([[0.5, -0.5], [-0.9, 0.1], [-1.0, 0.0]])
+    distance = (vectors - vectors[2]).norm(dim=-1)
+    assert distance.argsort(descending=True).tolist() == [0, 1, 2]
+    assert [round(d, 2) for d in distance.tolist()] == [1.58, 0.14, 0.0]
+    assert "1.58" in NthFarthestDataModule.__doc__ and "0.14" in NthFarthestDataModule.__doc__
