@@ -113,7 +113,9 @@ class NthFarthestDataModule(LightningDataModule):
         }
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"NthFarthestDataModule: {name} must be a positive integer, got {name}={value!r}.")
+                raise ValueError(
+                    f"NthFarthestDataModule: {name} must be a positive integer, got {name}={value!r}."
+                )
         if num_vectors < 2:
             raise ValueError(
                 f"NthFarthestDataModule: num_vectors must be at least 2 for the task to mean anything, "
@@ -148,7 +150,9 @@ class NthFarthestDataModule(LightningDataModule):
 
     def _eval_set(self, split: str) -> TensorDataset:
         if split not in self._eval_sets:
-            size, seed = (self.val_size, self.val_seed) if split == "val" else (self.test_size, self.test_seed)
+            size, seed = (
+                (self.val_size, self.val_seed) if split == "val" else (self.test_size, self.test_seed)
+            )
             generator = torch.Generator().manual_seed(seed)
             self._eval_sets[split] = TensorDataset(
                 *make_nth_farthest(size, self.num_vectors, self.num_features, generator)

@@ -52,7 +52,11 @@ class LSTMCore(nn.Module):
         self.num_layers = num_layers
         self.input_rows = input_rows
         self.lstm = nn.LSTM(
-            input_rows * input_size, hidden_size, num_layers=num_layers, dropout=float(dropout), batch_first=True
+            input_rows * input_size,
+            hidden_size,
+            num_layers=num_layers,
+            dropout=float(dropout),
+            batch_first=True,
         )
 
     @property
@@ -74,7 +78,9 @@ class LSTMCore(nn.Module):
             if self.input_rows > 1:
                 names.append(f"input_rows={self.input_rows}")
             names.append(f"input_size={self.input_size}")
-            raise ValueError(f"LSTMCore.{where}: input must have shape [{', '.join(names)}], got {list(x.shape)}.")
+            raise ValueError(
+                f"LSTMCore.{where}: input must have shape [{', '.join(names)}], got {list(x.shape)}."
+            )
         return x.flatten(leading) if self.input_rows > 1 else x
 
     def _check_state(self, where: str, state: LSTMState, batch_size: int) -> None:
@@ -82,9 +88,11 @@ class LSTMCore(nn.Module):
         ok = isinstance(state, tuple | list) and len(state) == 2
         ok = ok and all(isinstance(s, Tensor) and tuple(s.shape) == expected for s in state)
         if not ok:
-            got = [list(s.shape) if isinstance(s, Tensor) else type(s).__name__ for s in state] if isinstance(
-                state, tuple | list
-            ) else type(state).__name__
+            got = (
+                [list(s.shape) if isinstance(s, Tensor) else type(s).__name__ for s in state]
+                if isinstance(state, tuple | list)
+                else type(state).__name__
+            )
             raise ValueError(
                 f"LSTMCore.{where}: state must be a pair (h, c), each of shape [num_layers, batch, hidden_size] = "
                 f"{list(expected)}, got {got}. Use core.initial_state(batch_size) for a fresh state."

@@ -304,7 +304,9 @@ class RelationalMemory(nn.Module):
         self._check_inputs("forward", xs, leading=2)
         B, T = xs.shape[:2]
         if T == 0:
-            raise ValueError(f"RelationalMemory.forward: the input has no time steps (shape {list(xs.shape)}).")
+            raise ValueError(
+                f"RelationalMemory.forward: the input has no time steps (shape {list(xs.shape)})."
+            )
         if state is None:
             state = self.initial_state(B, device=xs.device, dtype=xs.dtype)
         self._check_state("forward", state, B)

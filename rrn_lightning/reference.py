@@ -61,7 +61,9 @@ class ReferenceRelationalMemory(nn.Module):
         # 3. Blocks: own q/k/v Linear and LayerNorms, one shared MLP.
         for block in p.blocks:
             qkv = F.linear(m, block.qkv.weight, block.qkv.bias)
-            qkv = F.layer_norm(qkv, qkv.shape[-1:], block.qkv_norm.weight, block.qkv_norm.bias, block.qkv_norm.eps)
+            qkv = F.layer_norm(
+                qkv, qkv.shape[-1:], block.qkv_norm.weight, block.qkv_norm.bias, block.qkv_norm.eps
+            )
             qkv = qkv.reshape(B, R, H, 2 * k + h).permute(0, 2, 1, 3)  # [B, H, R, 2k+h]
             q, key, v = qkv[..., :k], qkv[..., k : 2 * k], qkv[..., 2 * k :]
             q = q * k**-0.5
@@ -80,7 +82,9 @@ class ReferenceRelationalMemory(nn.Module):
         # 5. Gates from the projected input (broadcast over slots) and tanh of the old memory.
         if p.gate_style is not None:
             gates = F.linear(inputs.reshape(B, -1), p.gate_input.weight, p.gate_input.bias)[:, None, :]
-            gates = gates + F.linear(torch.tanh(memory), p.gate_memory.weight, p.gate_memory.bias)  # [B, N, 2G]
+            gates = gates + F.linear(
+                torch.tanh(memory), p.gate_memory.weight, p.gate_memory.bias
+            )  # [B, N, 2G]
             G = gates.shape[-1] // 2
             input_gate = torch.sigmoid(gates[..., :G] + p.input_bias)
             forget_gate = torch.sigmoid(gates[..., G:] + p.forget_bias)

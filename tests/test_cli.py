@@ -19,8 +19,12 @@ SMALL_DATA = ["--data.init_args.batch_size=8", "--data.init_args.val_size=8", "-
 
 def test_every_config_is_found():
     names = {f"{c.parent.name}/{c.name}" for c in CONFIGS}
-    assert {"nth_farthest/rmc.yaml", "nth_farthest/lstm.yaml", "nth_farthest/rmc_cpu.yaml",
-            "nth_farthest/lstm_cpu.yaml"} <= names
+    assert {
+        "nth_farthest/rmc.yaml",
+        "nth_farthest/lstm.yaml",
+        "nth_farthest/rmc_cpu.yaml",
+        "nth_farthest/lstm_cpu.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.parent.name}/{c.stem}")
@@ -37,17 +41,34 @@ def test_config_parses_and_builds(config, tmp_path):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.parent.name}/{c.stem}")
 def test_config_fits_fast_dev_run(config, tmp_path):
     extra = [] if config in CPU_CONFIGS else SMALL_DATA
-    cli = cli_main(["fit", "--config", str(config), "--trainer.fast_dev_run=true",
-                    f"--trainer.default_root_dir={tmp_path}", *extra])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.fast_dev_run=true",
+            f"--trainer.default_root_dir={tmp_path}",
+            *extra,
+        ]
+    )
     assert cli.trainer.state.finished
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 
 def test_fit_writes_tensorboard_and_a_checkpoint_that_loads_alone(tmp_path):
     config = EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml"
-    cli = cli_main(["fit", "--config", str(config), "--trainer.max_steps=2", "--data.init_args.batches_per_epoch=2",
-                    "--trainer.limit_val_batches=1",
-                    f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.max_steps=2",
+            "--data.init_args.batches_per_epoch=2",
+            "--trainer.limit_val_batches=1",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     run = tmp_path / "nth_farthest_rmc_cpu" / "version_0"
     assert list(run.glob("events.out.tfevents.*")), f"no TensorBoard events in {run}"
     checkpoints = sorted((run / "checkpoints").glob("*.ckpt"))
@@ -65,7 +86,12 @@ def test_fit_writes_tensorboard_and_a_checkpoint_that_loads_alone(tmp_path):
 
 def test_test_subcommand_reads_a_checkpoint(tmp_path):
     config = EXPERIMENTS / "nth_farthest" / "lstm_cpu.yaml"
-    common = ["--config", str(config), f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
+    common = [
+        "--config",
+        str(config),
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+    ]
     cli_main(["fit", *common, "--trainer.max_steps=1", "--trainer.limit_val_batches=1"])
     checkpoint = tmp_path / "nth_farthest_lstm_cpu" / "version_0" / "checkpoints" / "last.ckpt"
     cli = cli_main(["test", *common, f"--ckpt_path={checkpoint}", "--trainer.limit_test_batches=1"])
@@ -75,7 +101,9 @@ def test_test_subcommand_reads_a_checkpoint(tmp_path):
 def test_python_built_model_saves_no_module_in_hyperparameters():
     model = SequenceClassifier(LSTMCore(16, 8), num_classes=4)
     assert "core" not in model.hparams and model.hparams.num_classes == 4
-    logits = model(NthFarthestDataModule(num_vectors=4, num_features=4, val_size=5).val_dataloader().dataset[:][0])
+    logits = model(
+        NthFarthestDataModule(num_vectors=4, num_features=4, val_size=5).val_dataloader().dataset[:][0]
+    )
     assert logits.shape == (5, 4)
 
 
@@ -93,7 +121,9 @@ def test_help_reads_well(capsys):
 
 def test_unknown_key_fails_readably(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml").read_text().replace("mem_slots:", "mem_slotz:"))
+    bad.write_text(
+        (EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml").read_text().replace("mem_slots:", "mem_slotz:")
+    )
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", "--config", str(bad), f"--trainer.default_root_dir={tmp_path}"])
     assert exit_info.value.code != 0
@@ -103,8 +133,15 @@ def test_unknown_key_fails_readably(tmp_path, capsys):
 def test_bad_value_fails_readably(tmp_path, capsys):
     config = EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml"
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", str(config), "--model.init_args.core.init_args.mem_slots=0",
-                  f"--trainer.default_root_dir={tmp_path}"])
+        cli_main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                "--model.init_args.core.init_args.mem_slots=0",
+                f"--trainer.default_root_dir={tmp_path}",
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "mem_slots must be a positive integer, got mem_slots=0" in err

@@ -52,9 +52,13 @@ def test_errors():
     with pytest.raises(ValueError, match="dropout=1.5"):
         LSTMCore(D, H, dropout=1.5)
     core = LSTMCore(D, H)
-    with pytest.raises(ValueError, match=r"input must have shape \[batch, time, input_size=5\], got \[3, 4, 2\]"):
+    with pytest.raises(
+        ValueError, match=r"input must have shape \[batch, time, input_size=5\], got \[3, 4, 2\]"
+    ):
         core(torch.randn(B, 4, 2))
-    with pytest.raises(ValueError, match=r"state must be a pair \(h, c\).*\[1, 3, 8\], got \[\[1, 3, 4\], \[1, 3, 8\]\]"):
+    with pytest.raises(
+        ValueError, match=r"state must be a pair \(h, c\).*\[1, 3, 8\], got \[\[1, 3, 4\], \[1, 3, 8\]\]"
+    ):
         core.step(torch.randn(B, D), (torch.zeros(1, B, 4), torch.zeros(1, B, H)))
     with pytest.raises(ValueError, match="lengths must be >= 1"):
         core(torch.randn(B, 4, D), lengths=torch.tensor([0, 4, 4]))

@@ -130,7 +130,9 @@ def test_sonnet_initialisation():
         if isinstance(module, torch.nn.Linear):
             bound = 2.0 / math.sqrt(module.in_features)
             assert module.weight.abs().max() <= bound + 1e-7, name
-            assert module.weight.std().item() == pytest.approx(0.88 / math.sqrt(module.in_features), rel=0.1), name
+            assert module.weight.std().item() == pytest.approx(
+                0.88 / math.sqrt(module.in_features), rel=0.1
+            ), name
             assert torch.count_nonzero(module.bias) == 0, name
 
 
@@ -254,7 +256,9 @@ def test_wrong_input_shapes_say_expected_and_actual():
     state = core.initial_state(B)
     with pytest.raises(ValueError, match=r"input must have shape \[batch, input_size=7\], got \[3, 5\]"):
         core.step(torch.randn(B, 5), state)
-    with pytest.raises(ValueError, match=r"input must have shape \[batch, time, input_size=7\], got \[3, 7\]"):
+    with pytest.raises(
+        ValueError, match=r"input must have shape \[batch, time, input_size=7\], got \[3, 7\]"
+    ):
         core(torch.randn(B, D))
     with pytest.raises(ValueError, match=r"state must have shape .* \[3, 4, 16\], got \(3, 4, 8\)"):
         core.step(torch.randn(B, D), torch.randn(B, 4, 8))

@@ -1,6 +1,5 @@
 """NthFarthestDataModule: encoding widths, labels against brute force, seeds and streams."""
 
-
 import pytest
 import torch
 
@@ -25,7 +24,10 @@ def test_labels_agree_with_brute_force(K, F):
     for block, label in zip(inputs, labels.tolist(), strict=True):
         vectors, n, m = decode(block, K, F)
         assert sorted(vectors) == list(range(K))  # every id exactly once
-        distance = {i: sum((a - b) ** 2 for a, b in zip(v, vectors[m], strict=True)) ** 0.5 for i, v in vectors.items()}
+        distance = {
+            i: sum((a - b) ** 2 for a, b in zip(v, vectors[m], strict=True)) ** 0.5
+            for i, v in vectors.items()
+        }
         farthest_first = sorted(distance, key=lambda i: -distance[i])
         assert label == farthest_first[n]
         # The one-hot blocks are exact one-hots, the same n and m on every row.
@@ -52,7 +54,9 @@ def test_rows_are_shuffled_and_questions_vary():
 
 
 def test_datamodule_sizes_and_fixed_eval_sets():
-    dm = NthFarthestDataModule(num_vectors=4, num_features=4, batch_size=32, batches_per_epoch=3, val_size=70, test_size=50)
+    dm = NthFarthestDataModule(
+        num_vectors=4, num_features=4, batch_size=32, batches_per_epoch=3, val_size=70, test_size=50
+    )
     assert dm.input_size == 16 and dm.num_classes == 4
     dm.setup("fit")
     train = list(dm.train_dataloader())
@@ -72,7 +76,9 @@ def test_datamodule_sizes_and_fixed_eval_sets():
 
 def test_training_stream_is_seeded_and_resumes_from_state():
     def fresh():
-        dm = NthFarthestDataModule(num_vectors=3, num_features=2, batch_size=8, batches_per_epoch=2, train_seed=5)
+        dm = NthFarthestDataModule(
+            num_vectors=3, num_features=2, batch_size=8, batches_per_epoch=2, train_seed=5
+        )
         dm.setup("fit")
         return dm
 
@@ -87,7 +93,8 @@ def test_training_stream_is_seeded_and_resumes_from_state():
 
 
 @pytest.mark.parametrize(
-    "kwargs,name", [({"num_vectors": 1}, "num_vectors"), ({"batch_size": 0}, "batch_size"), ({"val_size": -3}, "val_size")]
+    "kwargs,name",
+    [({"num_vectors": 1}, "num_vectors"), ({"batch_size": 0}, "batch_size"), ({"val_size": -3}, "val_size")],
 )
 def test_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=f"{name}={next(iter(kwargs.values()))}"):
