@@ -3,12 +3,13 @@
 The cores (``RelationalMemory``, ``LSTMCore``) are plain ``nn.Module``s; the LightningModules wrap a core passed in.
 """
 
+from .core import RecurrentCore
 from .lstm import LSTMCore
 from .memory import RelationalMemory
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTMCore", "RelationalMemory", "SequenceClassifier"]
+__all__ = ["LSTMCore", "RecurrentCore", "RelationalMemory", "SequenceClassifier"]
 
 
 def __getattr__(name: str):

@@ -9,6 +9,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from .core import RecurrentCore
 from .hparams import save_config_hyperparameters
 from .memory import check_positive_int
 
@@ -43,7 +44,7 @@ class SequenceClassifier(LightningModule):
 
     def __init__(
         self,
-        core: nn.Module,
+        core: RecurrentCore,
         num_classes: int,
         head_sizes: tuple[int, ...] = (256, 256, 256, 256),
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -53,10 +54,10 @@ class SequenceClassifier(LightningModule):
         check_positive_int(type(self).__name__, "num_classes", num_classes)
         for size in head_sizes:
             check_positive_int(type(self).__name__, "head_sizes entries", size)
-        if not isinstance(getattr(core, "output_size", None), int):
+        if not isinstance(core, RecurrentCore):
             raise ValueError(
-                f"SequenceClassifier: core must be a recurrent core with an int output_size "
-                f"(RelationalMemory or LSTMCore), got {type(core).__name__}."
+                f"SequenceClassifier: core must be a RecurrentCore (RelationalMemory, LSTMCore or a subclass of "
+                f"rrn_lightning.RecurrentCore), got core={type(core).__name__}."
             )
         save_config_hyperparameters(self)
         self.core = core

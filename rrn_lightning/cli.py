@@ -10,7 +10,6 @@ config file (``--run_name`` to choose), with checkpoints beside the event files.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -97,8 +96,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> RRNCLI:
 
 
 def main() -> None:
-    """The ``rrn`` console script."""
-    cli_main(sys.argv[1:])
+    """The ``rrn`` console script (LightningCLI reads ``sys.argv`` itself)."""
+    cli_main()
 
 
 if __name__ == "__main__":

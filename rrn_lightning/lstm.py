@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .core import RecurrentCore
 from .memory import _length_mask, check_positive_int
 
 __all__ = ["LSTMCore"]
@@ -13,7 +14,7 @@ __all__ = ["LSTMCore"]
 LSTMState = tuple[Tensor, Tensor]
 
 
-class LSTMCore(nn.Module):
+class LSTMCore(RecurrentCore):
     """A (stacked) LSTM over ``nn.LSTM`` - the cuDNN kernel on GPU for whole sequences - as a drop-in core.
 
     The state is ``nn.LSTM``'s ``(h, c)``, each ``[num_layers, B, hidden_size]``. ``forward`` with ``lengths`` runs

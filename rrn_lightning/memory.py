@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .core import RecurrentCore
+
 __all__ = ["RelationalMemory", "sonnet_linear_init_", "check_positive_int"]
 
 GateStyle = Literal["unit", "memory"] | None
@@ -50,7 +52,7 @@ class AttentionBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(mem_size)
 
 
-class RelationalMemory(nn.Module):
+class RelationalMemory(RecurrentCore):
     """Relational Memory Core: a recurrent core whose state is ``mem_slots`` memory rows that attend to each other.
 
     Example::
