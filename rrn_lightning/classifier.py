@@ -85,23 +85,17 @@ class SequenceClassifier(LightningModule):
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, labels)
         on_step = stage == "train"
+        size = labels.shape[0]
         self.log(
             f"{stage}/loss",
             loss,
             on_step=on_step,
             on_epoch=True,
             prog_bar=True,
-            sync_dist=not on_step,
-            batch_size=labels.shape[0],
+            sync_dist=True,
+            batch_size=size,
         )
-        self.log(
-            f"{stage}/acc",
-            accuracy,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=labels.shape[0],
-        )
+        self.log(f"{stage}/acc", accuracy, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size)
         return loss
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:

@@ -20,6 +20,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 # Our generated training streams run in the main process (no workers), where their __len__ is exact.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+# Lightning's own use of a torch API that torch deprecated; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 DESCRIPTION = """\
 rrn: train and evaluate relational recurrent networks (the Relational Memory Core of Santoro et al., 2018)

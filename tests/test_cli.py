@@ -1,6 +1,8 @@
 """The `rrn` CLI end to end: every shipped YAML builds, CPU configs fit, runs write TensorBoard events and
 checkpoints that load on their own, and bad configs fail with a readable message."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,29 @@ def test_bad_value_fails_readably(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "mem_slots must be a positive integer, got mem_slots=0" in err
     assert "Traceback" not in err
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    """The same config under DDP (two CPU processes, as on a two-GPU node): trains, validates, checkpoints."""
+    config = EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml"
+    command = [
+        sys.executable,
+        "-m",
+        "rrn_lightning.cli",
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.max_steps=2",
+        "--data.init_args.batches_per_epoch=2",
+        "--trainer.limit_val_batches=2",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = tmp_path / "nth_farthest_rmc_cpu" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=False)["global_step"] == 2
+    assert isinstance(SequenceClassifier.load_from_checkpoint(checkpoint).core, RelationalMemory)

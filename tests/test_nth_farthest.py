@@ -1,5 +1,7 @@
 """NthFarthestDataModule: encoding widths, labels against brute force, seeds and streams."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -107,3 +109,14 @@ def test_docstring_example_is_right():
     assert distance.argsort(descending=True).tolist() == [0, 1, 2]
     assert [round(d, 2) for d in distance.tolist()] == [1.58, 0.14, 0.0]
     assert "1.58" in NthFarthestDataModule.__doc__ and "0.14" in NthFarthestDataModule.__doc__
+
+
+def test_each_ddp_rank_draws_its_own_stream():
+    def first_batch(rank):
+        dm = NthFarthestDataModule(num_vectors=4, num_features=4, batch_size=8, batches_per_epoch=1)
+        dm.trainer = SimpleNamespace(global_rank=rank)
+        dm.setup("fit")
+        return next(iter(dm.train_dataloader()))[0]
+
+    assert torch.equal(first_batch(0), first_batch(0))
+    assert not torch.equal(first_batch(0), first_batch(1))
