@@ -15,6 +15,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import RecurrentCore
@@ -151,6 +152,10 @@ class RelationalMemory(RecurrentCore):
         if gate_size:
             self.gate_input = nn.Linear(input_rows * M, 2 * gate_size)
             self.gate_memory = nn.Linear(M, 2 * gate_size)
+        # The gate biases, added once to the input part of the gates (non-persistent: not a parameter).
+        biases = [self.input_bias] * gate_size + [self.forget_bias] * gate_size
+        self.register_buffer("gate_bias", torch.tensor(biases, dtype=torch.float32), persistent=False)
+        self._scale = self.key_size**-0.5
         self.last_gates: tuple[Tensor, Tensor] | None = None
         self.reset_parameters()
 
@@ -218,49 +223,61 @@ class RelationalMemory(RecurrentCore):
             )
 
     # ------------------------------------------------------------------ computation
-    def _project_inputs(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Input-only work, done once for a whole sequence: x [..., (n,) D] -> rows [..., n, M], gate part [..., 2G]."""
+    # The fast path. Everything that depends only on the input runs once for the whole sequence
+    # (``_precompute``); the time loop (``_step``) does only the work that needs the previous memory, and in the
+    # last block only for the memory rows, since the input rows are dropped at the end of the step (DESIGN.md,
+    # step 4). LayerNorm and softmax run in float32 under autocast; the memory state stays float32.
+    def _precompute(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """x [..., (n,) D] -> projected rows [..., n, M], gate input part [..., 2G] with the gate biases added,
+        and block 1's normalised q/k/v of the input rows [..., n, H*(2k+h)]."""
         rows = self.input_projection(x)
         if self.input_rows == 1:
             rows = rows.unsqueeze(-2)  # [..., 1, M]
-        gate_in = self.gate_input(rows.flatten(-2)) if self.gate_size else None  # [..., 2G]
-        return rows, gate_in
+        gate_in = None
+        if self.gate_size:
+            gate_in = self.gate_input(rows.flatten(-2)).float() + self.gate_bias  # [..., 2G]
+        first = self.blocks[0]
+        qkv_in = _layer_norm(first.qkv_norm, first.qkv(rows))  # [..., n, F]
+        return rows, gate_in, qkv_in
 
-    def _attend(self, block: AttentionBlock, m: Tensor) -> tuple[Tensor, Tensor]:
-        """Multi-head attention of all rows over all rows: m [B, R, M] -> ([B, R, M], weights [B, H, R, R])."""
-        B, R, _ = m.shape
-        H, k, h = self.num_heads, self.key_size, self.head_size
-        qkv = block.qkv_norm(block.qkv(m))  # [B, R, H*(2k+h)]
-        qkv = qkv.view(B, R, H, 2 * k + h).transpose(1, 2)  # [B, H, R, 2k+h]
-        q, key, v = qkv.split([k, k, h], dim=-1)  # [B, H, R, k], [B, H, R, k], [B, H, R, h]
-        scores = torch.matmul(q * (k**-0.5), key.transpose(-1, -2))  # [B, H, R, R]
-        weights = torch.softmax(scores, dim=-1)
-        att = torch.matmul(weights, v)  # [B, H, R, h]
-        return att.transpose(1, 2).reshape(B, R, H * h), weights  # [B, R, M]
-
-    def _update(
-        self, memory: Tensor, rows: Tensor, gate_in: Tensor | None, keep_attention: bool
+    def _step(
+        self, memory: Tensor, rows: Tensor, gate_in: Tensor | None, qkv_in: Tensor, keep_attention: bool
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor | None]:
-        """One step from projected input rows [B, n, M] and the old memory [B, N, M] to the new memory [B, N, M]."""
-        N = self.mem_slots
-        m = torch.cat([memory, rows], dim=1)  # [B, N+n, M]
+        """memory [B, N, M] and this step's precomputed input parts -> new memory [B, N, M], gates, attention."""
+        B, N = memory.shape[0], self.mem_slots
+        H, k, h, M = self.num_heads, self.key_size, self.head_size, self.mem_size
+        R = N + rows.shape[1]
+        x_mem, x_in = memory, rows  # the memory rows and the input rows entering each block
         weights = []
-        for block in self.blocks:
-            att, w = self._attend(block, m)
-            m = block.attention_norm(m + att)
-            m = block.mlp_norm(self.mlp(m) + m)
+        for i, block in enumerate(self.blocks):
+            last = i == self.num_blocks - 1
+            qkv_mem = _layer_norm(block.qkv_norm, block.qkv(x_mem))  # [B, N, F]
+            qkv_inp = qkv_in if i == 0 else _layer_norm(block.qkv_norm, block.qkv(x_in))  # [B, n, F]
+            qkv = torch.cat([qkv_mem, qkv_inp], dim=1).view(B, R, H, 2 * k + h).transpose(1, 2)  # [B, H, R, 2k+h]
+            q, key, v = qkv.split([k, k, h], dim=-1)
+            if last:
+                q = q[:, :, :N]  # [B, H, N, k]: only the memory rows' outputs survive the step
+            scores = torch.matmul(q, key.transpose(-1, -2)) * self._scale  # [B, H, Q, R]
+            w = torch.softmax(scores.float(), dim=-1)
+            att = torch.matmul(w, v)  # [B, H, Q, h]
+            att = att.transpose(1, 2).reshape(B, q.shape[2], M)  # [B, Q, M]
             if keep_attention:
-                weights.append(w)
-        new = m[:, :N]  # [B, N, M]: the input rows are dropped
+                weights.append(w[:, :, :N])
+            if last:
+                x_mem = _layer_norm(block.attention_norm, x_mem + att)
+                x_mem = _layer_norm(block.mlp_norm, self.mlp(x_mem) + x_mem)
+            else:
+                x = _layer_norm(block.attention_norm, torch.cat([x_mem, x_in], dim=1) + att)  # [B, R, M]
+                x = _layer_norm(block.mlp_norm, self.mlp(x) + x)
+                x_mem, x_in = x[:, :N], x[:, N:]
+        new = x_mem  # [B, N, M]
         gates = None
         if gate_in is not None:
-            g = self.gate_memory(torch.tanh(memory)) + gate_in.unsqueeze(1)  # [B, N, 2G]
-            input_gate, forget_gate = g.chunk(2, dim=-1)  # [B, N, G] each
-            input_gate = torch.sigmoid(input_gate + self.input_bias)
-            forget_gate = torch.sigmoid(forget_gate + self.forget_bias)
-            new = input_gate * torch.tanh(new) + forget_gate * memory
+            g = self.gate_memory(torch.tanh(memory)).float() + gate_in.unsqueeze(1)  # [B, N, 2G], biases included
+            input_gate, forget_gate = torch.sigmoid(g).chunk(2, dim=-1)  # [B, N, G] each
+            new = torch.addcmul(forget_gate * memory, input_gate, torch.tanh(new))
             gates = (input_gate, forget_gate)
-        attention = torch.stack(weights, dim=1) if keep_attention else None  # [B, blocks, H, N+n, N+n]
+        attention = torch.stack(weights, dim=1) if keep_attention else None  # [B, blocks, H, N, N+n]
         return new, gates, attention
 
     def _store_gates(self, gates: tuple[Tensor, Tensor] | None) -> None:
@@ -272,15 +289,15 @@ class RelationalMemory(RecurrentCore):
         Args:
             x: ``[B, D]``, or ``[B, n, D]`` when ``input_rows = n > 1``.
             state: ``[B, N, M]``, e.g. from ``initial_state(B)``.
-            return_attention: Also return the attention weights ``[B, num_blocks, H, N+n, N+n]``.
+            return_attention: Also return the memory rows' attention weights ``[B, num_blocks, H, N, N+n]``
+                (over the N memory rows, then the n input rows).
 
         Returns:
             ``(output [B, N*M], new_state [B, N, M])``, plus the attention weights when asked for.
         """
         self._check_inputs("step", x, leading=1)
         self._check_state("step", state, x.shape[0])
-        rows, gate_in = self._project_inputs(x)
-        new, gates, attention = self._update(state, rows, gate_in, return_attention)
+        new, gates, attention = self._step(state, *self._precompute(x), return_attention)
         self._store_gates(gates)
         out = new.flatten(1)  # [B, N*M]
         return (out, new, attention) if return_attention else (out, new)
@@ -298,7 +315,7 @@ class RelationalMemory(RecurrentCore):
             xs: ``[B, T, D]``, or ``[B, T, n, D]`` when ``input_rows = n > 1``.
             state: initial state ``[B, N, M]``; ``initial_state(B)`` when omitted.
             lengths: optional ``[B]`` integer lengths (0..T) for padded batches.
-            return_attention: Also return the attention weights ``[B, T, num_blocks, H, N+n, N+n]``.
+            return_attention: Also return the memory rows' attention weights ``[B, T, num_blocks, H, N, N+n]``.
 
         Returns:
             ``(outputs [B, T, N*M], final_state [B, N, M])``, plus the attention weights when asked for.
@@ -306,35 +323,37 @@ class RelationalMemory(RecurrentCore):
         self._check_inputs("forward", xs, leading=2)
         B, T = xs.shape[:2]
         if T == 0:
-            raise ValueError(
-                f"RelationalMemory.forward: the input has no time steps (shape {list(xs.shape)})."
-            )
+            raise ValueError(f"RelationalMemory.forward: the input has no time steps (shape {list(xs.shape)}).")
         if state is None:
-            state = self.initial_state(B, device=xs.device, dtype=xs.dtype)
+            state = self.initial_state(B, device=xs.device)
         self._check_state("forward", state, B)
         mask = None if lengths is None else _length_mask(lengths, B, T, xs.device)  # [B, T] or None
 
-        rows, gate_in = self._project_inputs(xs)  # [B, T, n, M], [B, T, 2G]: one matmul for all steps
+        rows, gate_in, qkv_in = self._precompute(xs)  # [B, T, n, M], [B, T, 2G], [B, T, n, F]
         memory = state
-        outputs, attentions = [], []
+        outputs = torch.empty(B, T, self.output_size, device=xs.device, dtype=torch.result_type(state, qkv_in))
+        attentions = []
         gates = None
         for t in range(T):
-            new, gates, attention = self._update(
-                memory, rows[:, t], None if gate_in is None else gate_in[:, t], return_attention
-            )
+            gate_t = None if gate_in is None else gate_in[:, t]
+            new, gates, attention = self._step(memory, rows[:, t], gate_t, qkv_in[:, t], return_attention)
             if mask is not None:
                 new = torch.where(mask[:, t, None, None], new, memory)
             memory = new
-            outputs.append(new.flatten(1))  # [B, N*M]
+            outputs[:, t] = new.flatten(1)  # [B, N*M]
             if return_attention:
                 attentions.append(attention)
         self._store_gates(gates)
-        outs = torch.stack(outputs, dim=1)  # [B, T, N*M]
         if mask is not None:
-            outs = outs.masked_fill(~mask[:, :, None], 0.0)
+            outputs = outputs.masked_fill(~mask[:, :, None], 0.0)
         if return_attention:
-            return outs, memory, torch.stack(attentions, dim=1)  # [B, T, blocks, H, N+n, N+n]
-        return outs, memory
+            return outputs, memory, torch.stack(attentions, dim=1)  # [B, T, blocks, H, N, N+n]
+        return outputs, memory
+
+
+def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    """LayerNorm computed in float32 whatever autocast would do (CPU autocast would run it in bfloat16)."""
+    return F.layer_norm(x.float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def _length_mask(lengths: Tensor, batch_size: int, steps: int, device: torch.device) -> Tensor:

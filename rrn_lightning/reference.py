@@ -58,6 +58,7 @@ class ReferenceRelationalMemory(nn.Module):
         # 2. Memory and input rows together.
         m = torch.cat([memory, inputs], dim=1)  # [B, N+n, M]
         R = m.shape[1]
+        self.last_attention = []  # per block: [B, H, R, R], for the tests
         # 3. Blocks: own q/k/v Linear and LayerNorms, one shared MLP.
         for block in p.blocks:
             qkv = F.linear(m, block.qkv.weight, block.qkv.bias)
@@ -68,6 +69,7 @@ class ReferenceRelationalMemory(nn.Module):
             q, key, v = qkv[..., :k], qkv[..., k : 2 * k], qkv[..., 2 * k :]
             q = q * k**-0.5
             weights = torch.softmax(torch.einsum("bhik,bhjk->bhij", q, key), dim=-1)  # [B, H, R, R]
+            self.last_attention.append(weights)
             att = torch.einsum("bhij,bhjv->bhiv", weights, v)  # [B, H, R, h]
             att = att.permute(0, 2, 1, 3).reshape(B, R, M)  # [B, R, M]
             m = F.layer_norm(m + att, (M,), block.attention_norm.weight, block.attention_norm.bias)
