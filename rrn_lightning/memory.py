@@ -147,6 +147,7 @@ class RelationalMemory(RecurrentCore):
                 mlp.append(nn.ReLU())
             mlp.append(nn.Linear(M, M))
         self.mlp = nn.Sequential(*mlp)
+        self.mlp_layers = [layer for layer in self.mlp if isinstance(layer, nn.Linear)]
         gate_size = {"unit": M, "memory": 1, None: 0}[gate_style]
         self.gate_size = gate_size
         if gate_size:
@@ -157,6 +158,7 @@ class RelationalMemory(RecurrentCore):
         self.register_buffer("gate_bias", torch.tensor(biases, dtype=torch.float32), persistent=False)
         self._scale = self.key_size**-0.5
         self.last_gates: tuple[Tensor, Tensor] | None = None
+        self._deferred: dict[nn.Linear, tuple] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -240,6 +242,24 @@ class RelationalMemory(RecurrentCore):
         qkv_in = _layer_norm(first.qkv_norm, first.qkv(rows))  # [..., n, F]
         return rows, gate_in, qkv_in
 
+    def _per_step_linears(self) -> list[nn.Linear]:
+        """The Linear layers applied inside the time loop."""
+        layers = [block.qkv for block in self.blocks] + list(self.mlp_layers)
+        return layers + [self.gate_memory] if self.gate_size else layers
+
+    def _linear(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        """``layer(x)``, through the one-GEMM weight gradient inside ``forward`` when training."""
+        deferred = self._deferred.get(layer) if self._deferred else None
+        if deferred is None:
+            return layer(x)
+        weight, bias, store = deferred
+        return _StepLinear.apply(x, weight, bias, store)
+
+    def _mlp(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.mlp_layers):
+            x = self._linear(layer, torch.relu(x) if i > 0 else x)
+        return x
+
     def _step(
         self, memory: Tensor, rows: Tensor, gate_in: Tensor | None, qkv_in: Tensor, keep_attention: bool
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor | None]:
@@ -251,9 +271,13 @@ class RelationalMemory(RecurrentCore):
         weights = []
         for i, block in enumerate(self.blocks):
             last = i == self.num_blocks - 1
-            qkv_mem = _layer_norm(block.qkv_norm, block.qkv(x_mem))  # [B, N, F]
-            qkv_inp = qkv_in if i == 0 else _layer_norm(block.qkv_norm, block.qkv(x_in))  # [B, n, F]
-            qkv = torch.cat([qkv_mem, qkv_inp], dim=1).view(B, R, H, 2 * k + h).transpose(1, 2)  # [B, H, R, 2k+h]
+            qkv_mem = _layer_norm(block.qkv_norm, self._linear(block.qkv, x_mem))  # [B, N, F]
+            qkv_inp = (
+                qkv_in if i == 0 else _layer_norm(block.qkv_norm, self._linear(block.qkv, x_in))
+            )  # [B, n, F]
+            qkv = (
+                torch.cat([qkv_mem, qkv_inp], dim=1).view(B, R, H, 2 * k + h).transpose(1, 2)
+            )  # [B, H, R, 2k+h]
             q, key, v = qkv.split([k, k, h], dim=-1)
             if last:
                 q = q[:, :, :N]  # [B, H, N, k]: only the memory rows' outputs survive the step
@@ -265,15 +289,17 @@ class RelationalMemory(RecurrentCore):
                 weights.append(w[:, :, :N])
             if last:
                 x_mem = _layer_norm(block.attention_norm, x_mem + att)
-                x_mem = _layer_norm(block.mlp_norm, self.mlp(x_mem) + x_mem)
+                x_mem = _layer_norm(block.mlp_norm, self._mlp(x_mem) + x_mem)
             else:
                 x = _layer_norm(block.attention_norm, torch.cat([x_mem, x_in], dim=1) + att)  # [B, R, M]
-                x = _layer_norm(block.mlp_norm, self.mlp(x) + x)
+                x = _layer_norm(block.mlp_norm, self._mlp(x) + x)
                 x_mem, x_in = x[:, :N], x[:, N:]
         new = x_mem  # [B, N, M]
         gates = None
         if gate_in is not None:
-            g = self.gate_memory(torch.tanh(memory)).float() + gate_in.unsqueeze(1)  # [B, N, 2G], biases included
+            g = self._linear(self.gate_memory, torch.tanh(memory)).float() + gate_in.unsqueeze(
+                1
+            )  # [B, N, 2G], biases included
             input_gate, forget_gate = torch.sigmoid(g).chunk(2, dim=-1)  # [B, N, G] each
             new = torch.addcmul(forget_gate * memory, input_gate, torch.tanh(new))
             gates = (input_gate, forget_gate)
@@ -323,27 +349,43 @@ class RelationalMemory(RecurrentCore):
         self._check_inputs("forward", xs, leading=2)
         B, T = xs.shape[:2]
         if T == 0:
-            raise ValueError(f"RelationalMemory.forward: the input has no time steps (shape {list(xs.shape)}).")
+            raise ValueError(
+                f"RelationalMemory.forward: the input has no time steps (shape {list(xs.shape)})."
+            )
         if state is None:
             state = self.initial_state(B, device=xs.device)
         self._check_state("forward", state, B)
         mask = None if lengths is None else _length_mask(lengths, B, T, xs.device)  # [B, T] or None
 
         rows, gate_in, qkv_in = self._precompute(xs)  # [B, T, n, M], [B, T, 2G], [B, T, n, F]
+        # unbind, not rows[:, t]: one backward node for all steps instead of a full-size zero gradient per step.
+        rows, qkv_in = rows.unbind(1), qkv_in.unbind(1)
+        gate_in = [None] * T if gate_in is None else gate_in.unbind(1)
         memory = state
-        outputs = torch.empty(B, T, self.output_size, device=xs.device, dtype=torch.result_type(state, qkv_in))
-        attentions = []
+        outputs, attentions = [], []
         gates = None
-        for t in range(T):
-            gate_t = None if gate_in is None else gate_in[:, t]
-            new, gates, attention = self._step(memory, rows[:, t], gate_t, qkv_in[:, t], return_attention)
-            if mask is not None:
-                new = torch.where(mask[:, t, None, None], new, memory)
-            memory = new
-            outputs[:, t] = new.flatten(1)  # [B, N*M]
-            if return_attention:
-                attentions.append(attention)
+        if T > 1 and torch.is_grad_enabled():
+            self._deferred = {}
+            for layer in self._per_step_linears():
+                if layer.weight.requires_grad and layer.bias.requires_grad:
+                    store = _WeightGradStore()
+                    self._deferred[layer] = (
+                        *_CollectWeightGrad.apply(layer.weight, layer.bias, store),
+                        store,
+                    )
+        try:
+            for t in range(T):
+                new, gates, attention = self._step(memory, rows[t], gate_in[t], qkv_in[t], return_attention)
+                if mask is not None:
+                    new = torch.where(mask[:, t, None, None], new, memory)
+                memory = new
+                outputs.append(new.flatten(1))  # [B, N*M]
+                if return_attention:
+                    attentions.append(attention)
+        finally:
+            self._deferred = None
         self._store_gates(gates)
+        outputs = torch.stack(outputs, dim=1)  # [B, T, N*M]
         if mask is not None:
             outputs = outputs.masked_fill(~mask[:, :, None], 0.0)
         if return_attention:
@@ -371,3 +413,63 @@ def _length_mask(lengths: Tensor, batch_size: int, steps: int, device: torch.dev
             f"{int(lengths.min())} to {int(lengths.max())}."
         )
     return torch.arange(steps, device=device)[None, :] < lengths.to(device)[:, None]  # [B, T]
+
+
+# ---------------------------------------------------------------------- weight gradients in one GEMM
+# Per-step projections (q/k/v of the memory rows, the MLP, the memory half of the gates) are small matrix products
+# that autograd would differentiate step by step: T small weight-gradient GEMMs and T accumulations. Within
+# ``forward`` they instead run through ``_StepLinear``, which returns only the input gradient and files the step's
+# input and output gradient; the weight and bias gradients are then one GEMM over all steps, in the backward of
+# ``_CollectWeightGrad`` - which autograd runs after every step that used the weight has been differentiated.
+class _WeightGradStore:
+    __slots__ = ("inputs", "grads")
+
+    def __init__(self) -> None:
+        self.inputs: list[Tensor] = []
+        self.grads: list[Tensor | None] = []
+
+
+class _CollectWeightGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: Tensor, bias: Tensor, store: _WeightGradStore):
+        ctx.store = store
+        ctx.dtypes = (weight.dtype, bias.dtype)
+        ctx.set_materialize_grads(False)
+        return weight.view_as(weight), bias.view_as(bias)
+
+    @staticmethod
+    def backward(ctx, grad_weight, grad_bias):
+        store = ctx.store
+        pairs = [(x, g) for x, g in zip(store.inputs, store.grads, strict=True) if g is not None]
+        store.inputs, store.grads = [], []
+        if not pairs:
+            return None, None, None
+        inputs = torch.cat([x for x, _ in pairs])  # [all rows of all steps, in]
+        grads = torch.cat([g for _, g in pairs])  # [all rows of all steps, out]
+        weight = torch.matmul(grads.t(), inputs).to(ctx.dtypes[0])  # [out, in]: one GEMM
+        bias = grads.sum(0, dtype=torch.float32).to(ctx.dtypes[1])
+        return weight, bias, None
+
+
+class _StepLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, store: _WeightGradStore):
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        x_, weight_ = x.to(dtype), weight.to(dtype)
+        with torch.autocast(device, enabled=False):
+            out = F.linear(x_, weight_, bias.to(dtype))
+        ctx.save_for_backward(weight_)
+        ctx.store, ctx.index, ctx.x_dtype = store, len(store.inputs), x.dtype
+        ctx.set_materialize_grads(False)
+        store.inputs.append(x_.reshape(-1, x_.shape[-1]))
+        store.grads.append(None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None):
+        if grad is None:
+            return None, None, None, None
+        (weight,) = ctx.saved_tensors
+        ctx.store.grads[ctx.index] = grad.reshape(-1, grad.shape[-1]).to(weight.dtype)
+        return torch.matmul(grad.to(weight.dtype), weight).to(ctx.x_dtype), None, None, None
