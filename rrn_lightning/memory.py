@@ -281,12 +281,14 @@ class RelationalMemory(RecurrentCore):
             q, key, v = qkv.split([k, k, h], dim=-1)
             if last:
                 q = q[:, :, :N]  # [B, H, N, k]: only the memory rows' outputs survive the step
-            scores = torch.matmul(q, key.transpose(-1, -2)) * self._scale  # [B, H, Q, R]
-            w = torch.softmax(scores.float(), dim=-1)
-            att = torch.matmul(w, v)  # [B, H, Q, h]
-            att = att.transpose(1, 2).reshape(B, q.shape[2], M)  # [B, Q, M]
             if keep_attention:
+                scores = torch.matmul(q, key.transpose(-1, -2)) * self._scale  # [B, H, Q, R]
+                w = torch.softmax(scores.float(), dim=-1)
+                att = torch.matmul(w, v)  # [B, H, Q, h]
                 weights.append(w[:, :, :N])
+            else:
+                att = F.scaled_dot_product_attention(q, key, v, scale=self._scale)  # [B, H, Q, h]
+            att = att.transpose(1, 2).reshape(B, q.shape[2], M)  # [B, Q, M]
             if last:
                 x_mem = _layer_norm(block.attention_norm, x_mem + att)
                 x_mem = _layer_norm(block.mlp_norm, self._mlp(x_mem) + x_mem)
@@ -364,7 +366,7 @@ class RelationalMemory(RecurrentCore):
         memory = state
         outputs, attentions = [], []
         gates = None
-        if T > 1 and torch.is_grad_enabled():
+        if T > 1 and torch.is_grad_enabled() and B * self.mem_slots <= _DEFERRED_MAX_ROWS:
             self._deferred = {}
             for layer in self._per_step_linears():
                 if layer.weight.requires_grad and layer.bias.requires_grad:
@@ -421,6 +423,11 @@ def _length_mask(lengths: Tensor, batch_size: int, steps: int, device: torch.dev
 # ``forward`` they instead run through ``_StepLinear``, which returns only the input gradient and files the step's
 # input and output gradient; the weight and bias gradients are then one GEMM over all steps, in the backward of
 # ``_CollectWeightGrad`` - which autograd runs after every step that used the weight has been differentiated.
+# Above this many rows per step the per-step GEMMs are large enough to run efficiently, and gathering every step's
+# inputs and gradients for one GEMM costs more memory traffic than it saves (measured on the `nth` preset).
+_DEFERRED_MAX_ROWS = 2048
+
+
 class _WeightGradStore:
     __slots__ = ("inputs", "grads")
 

@@ -1,0 +1,40 @@
+"""The speed benchmark runs end to end (a smoke test: no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_speed_benchmark_smoke():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "speed.py"),
+            "--preset",
+            "default",
+            "--steps",
+            "2",
+            "--reps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    preset = report["presets"]["default"]
+    for key in (
+        "rmc/fp32/train",
+        "reference/fp32/train",
+        "lstm/fp32/train",
+        "rmc/bf16/train",
+        "rmc/fp32/inference",
+    ):
+        assert preset["results"][key]["tokens_per_s"] > 0, key
+    assert "rmc/fp32/train vs reference/fp32" in preset["ratios"]
+    assert abs(preset["lstm_params"] - preset["rmc_params"]) / preset["rmc_params"] < 0.01
+    assert report["mm_1024_fp32_gflops"] > 0
