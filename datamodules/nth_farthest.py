@@ -10,6 +10,8 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from rrn_lightning.checks import check_positive_ints
+
 __all__ = ["NthFarthestDataModule", "make_nth_farthest"]
 
 
@@ -103,19 +105,15 @@ class NthFarthestDataModule(LightningDataModule):
         test_seed: int = 2,
     ) -> None:
         super().__init__()
-        positive = {
-            "num_vectors": num_vectors,
-            "num_features": num_features,
-            "batch_size": batch_size,
-            "batches_per_epoch": batches_per_epoch,
-            "val_size": val_size,
-            "test_size": test_size,
-        }
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"NthFarthestDataModule: {name} must be a positive integer, got {name}={value!r}."
-                )
+        check_positive_ints(
+            type(self).__name__,
+            num_vectors=num_vectors,
+            num_features=num_features,
+            batch_size=batch_size,
+            batches_per_epoch=batches_per_epoch,
+            val_size=val_size,
+            test_size=test_size,
+        )
         if num_vectors < 2:
             raise ValueError(
                 f"NthFarthestDataModule: num_vectors must be at least 2 for the task to mean anything, "

@@ -9,9 +9,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from .checks import check_positive_ints
 from .core import RecurrentCore
 from .hparams import save_config_hyperparameters
-from .memory import check_positive_int
 
 __all__ = ["SequenceClassifier", "mlp"]
 
@@ -51,9 +51,9 @@ class SequenceClassifier(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        check_positive_int(type(self).__name__, "num_classes", num_classes)
-        for size in head_sizes:
-            check_positive_int(type(self).__name__, "head_sizes entries", size)
+        check_positive_ints(type(self).__name__, num_classes=num_classes)
+        for i, size in enumerate(head_sizes):
+            check_positive_ints(type(self).__name__, **{f"head_sizes[{i}]": size})
         if not isinstance(core, RecurrentCore):
             raise ValueError(
                 f"SequenceClassifier: core must be a RecurrentCore (RelationalMemory, LSTMCore or a subclass of "

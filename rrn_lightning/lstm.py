@@ -6,8 +6,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .checks import check_positive_ints
 from .core import RecurrentCore
-from .memory import _length_mask, check_positive_int
+from .memory import _length_mask
 
 __all__ = ["LSTMCore"]
 
@@ -39,13 +40,13 @@ class LSTMCore(RecurrentCore):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        for name, value in (
-            ("input_size", input_size),
-            ("hidden_size", hidden_size),
-            ("num_layers", num_layers),
-            ("input_rows", input_rows),
-        ):
-            check_positive_int(owner, name, value)
+        check_positive_ints(
+            owner,
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            input_rows=input_rows,
+        )
         if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"{owner}: dropout must be a probability in [0, 1), got dropout={dropout!r}.")
         self.input_size = input_size
@@ -68,7 +69,7 @@ class LSTMCore(RecurrentCore):
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> LSTMState:
         """Zero ``(h, c)``, each ``[num_layers, batch_size, hidden_size]``."""
-        check_positive_int(f"{type(self).__name__}.initial_state", "batch_size", batch_size)
+        check_positive_ints(f"{type(self).__name__}.initial_state", batch_size=batch_size)
         shape = (self.num_layers, batch_size, self.hidden_size)
         return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
 

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check_positive_ints
 from .core import RecurrentCore
 
-__all__ = ["RelationalMemory", "sonnet_linear_init_", "check_positive_int"]
+__all__ = ["RelationalMemory", "sonnet_linear_init_"]
 
 GateStyle = Literal["unit", "memory"] | None
 _GATE_STYLES = ("unit", "memory", None)
@@ -32,12 +33,6 @@ def sonnet_linear_init_(linear: nn.Linear) -> None:
     nn.init.trunc_normal_(linear.weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
     if linear.bias is not None:
         nn.init.zeros_(linear.bias)
-
-
-def check_positive_int(owner: str, name: str, value: object) -> None:
-    """Raise a ValueError naming ``owner``'s argument ``name`` unless ``value`` is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {name}={value!r}.")
 
 
 class AttentionBlock(nn.Module):
@@ -103,18 +98,18 @@ class RelationalMemory(RecurrentCore):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        for name, value in (
-            ("input_size", input_size),
-            ("mem_slots", mem_slots),
-            ("head_size", head_size),
-            ("num_heads", num_heads),
-            ("num_blocks", num_blocks),
-            ("attention_mlp_layers", attention_mlp_layers),
-            ("input_rows", input_rows),
-        ):
-            check_positive_int(owner, name, value)
+        check_positive_ints(
+            owner,
+            input_size=input_size,
+            mem_slots=mem_slots,
+            head_size=head_size,
+            num_heads=num_heads,
+            num_blocks=num_blocks,
+            attention_mlp_layers=attention_mlp_layers,
+            input_rows=input_rows,
+        )
         if key_size is not None:
-            check_positive_int(owner, "key_size", key_size)
+            check_positive_ints(owner, key_size=key_size)
         if gate_style not in _GATE_STYLES:
             raise ValueError(
                 f"{owner}: gate_style must be 'unit', 'memory' or None (no gating), got gate_style={gate_style!r}."
@@ -170,6 +165,24 @@ class RelationalMemory(RecurrentCore):
                 module.reset_parameters()
 
     @property
+    def init_kwargs(self) -> dict:
+        """The constructor arguments that build a core of the same shape and behaviour."""
+        names = (
+            "input_size",
+            "mem_slots",
+            "head_size",
+            "num_heads",
+            "num_blocks",
+            "forget_bias",
+            "input_bias",
+            "gate_style",
+            "attention_mlp_layers",
+            "key_size",
+            "input_rows",
+        )
+        return {name: getattr(self, name) for name in names}
+
+    @property
     def output_size(self) -> int:
         """Features of one output step: ``mem_slots * num_heads * head_size``."""
         return self.mem_slots * self.mem_size
@@ -194,7 +207,7 @@ class RelationalMemory(RecurrentCore):
 
         Returns ``[batch_size, mem_slots, num_heads * head_size]``.
         """
-        check_positive_int(f"{type(self).__name__}.initial_state", "batch_size", batch_size)
+        check_positive_ints(f"{type(self).__name__}.initial_state", batch_size=batch_size)
         N, M = self.mem_slots, self.mem_size
         eye = torch.eye(N, max(N, M), device=device, dtype=dtype)[:, :M]  # [N, M]
         return eye.expand(batch_size, N, M).clone()  # [B, N, M]

@@ -28,19 +28,7 @@ class ReferenceRelationalMemory(nn.Module):
 
     @classmethod
     def from_core(cls, core: RelationalMemory) -> ReferenceRelationalMemory:
-        ref = cls(
-            input_size=core.input_size,
-            mem_slots=core.mem_slots,
-            head_size=core.head_size,
-            num_heads=core.num_heads,
-            num_blocks=core.num_blocks,
-            forget_bias=core.forget_bias,
-            input_bias=core.input_bias,
-            gate_style=core.gate_style,
-            attention_mlp_layers=core.attention_mlp_layers,
-            key_size=core.key_size,
-            input_rows=core.input_rows,
-        )
+        ref = cls(**core.init_kwargs)
         ref.params.load_state_dict(core.state_dict())
         return ref.to(next(core.parameters()).device)
 
