@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import torch
@@ -10,7 +11,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from rrn_lightning.checks import check_positive_ints
+from rrn_lightning.checks import ConfigurationError, check_positive_ints
 
 __all__ = ["NthFarthestDataModule", "make_nth_farthest"]
 
@@ -41,19 +42,34 @@ def make_nth_farthest(
     return inputs.contiguous(), labels
 
 
+def stream_seed(*parts: int) -> int:
+    """A 63-bit seed that depends on every part (seed, rank, epoch), without the collisions of a sum."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class _GeneratedBatches(IterableDataset):
-    """Fresh training batches from one seeded generator; the stream continues across epochs (and resumes)."""
+    """Fresh training batches. Epoch e on DDP rank r is drawn from its own generator, seeded by
+    (train_seed, r, e): every rank sees different problems, every epoch new ones, and a run resumed from a
+    checkpoint draws exactly what the uninterrupted run drew for that epoch, on every rank."""
 
     def __init__(self, datamodule: NthFarthestDataModule) -> None:
         self.dm = datamodule
+        self.iterations = 0  # epochs drawn so far, for use without a Trainer
 
     def __len__(self) -> int:
         return self.dm.batches_per_epoch
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         dm = self.dm
+        trainer = dm.trainer
+        rank, epoch = (
+            (trainer.global_rank, trainer.current_epoch) if trainer is not None else (0, self.iterations)
+        )
+        self.iterations += 1
+        generator = torch.Generator().manual_seed(stream_seed(dm.train_seed, rank, epoch))
         for _ in range(dm.batches_per_epoch):
-            yield make_nth_farthest(dm.batch_size, dm.num_vectors, dm.num_features, dm.train_generator)
+            yield make_nth_farthest(dm.batch_size, dm.num_vectors, dm.num_features, generator)
 
 
 class NthFarthestDataModule(LightningDataModule):
@@ -75,10 +91,10 @@ class NthFarthestDataModule(LightningDataModule):
 
     Sonnet's generator counts "n-th nearest" instead; the two are the same task with n relabelled as K - 1 - n.
 
-    Training batches are drawn on the fly from one generator seeded with ``train_seed`` (and the rank, under DDP),
-    so every step sees new problems; ``batches_per_epoch`` sets the epoch length and the generator's state is
-    saved in checkpoints, so a resumed run continues the same stream. Validation and test sets are fixed by
-    ``val_seed`` and ``test_seed``. ``batch_size`` is per device.
+    Training batches are drawn on the fly, each epoch from a generator seeded by ``train_seed``, the epoch and
+    (under DDP) the rank, so every step sees new problems, ranks never repeat each other, and a resumed run draws
+    what the uninterrupted run would have. ``batches_per_epoch`` sets the epoch length. Validation and test sets are
+    fixed by ``val_seed`` and ``test_seed``. ``batch_size`` is per device.
 
     Args:
         num_vectors: Vectors per example (K); also the sequence length and the number of classes.
@@ -115,7 +131,7 @@ class NthFarthestDataModule(LightningDataModule):
             test_size=test_size,
         )
         if num_vectors < 2:
-            raise ValueError(
+            raise ConfigurationError(
                 f"NthFarthestDataModule: num_vectors must be at least 2 for the task to mean anything, "
                 f"got num_vectors={num_vectors}."
             )
@@ -129,8 +145,8 @@ class NthFarthestDataModule(LightningDataModule):
         self.train_seed = train_seed
         self.val_seed = val_seed
         self.test_seed = test_seed
-        self.train_generator = torch.Generator().manual_seed(train_seed)
         self._eval_sets: dict[str, TensorDataset] = {}
+        self._train_batches: _GeneratedBatches | None = None
 
     @property
     def input_size(self) -> int:
@@ -140,11 +156,6 @@ class NthFarthestDataModule(LightningDataModule):
     @property
     def num_classes(self) -> int:
         return self.num_vectors
-
-    def setup(self, stage: str | None = None) -> None:
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        # Each DDP rank draws its own stream; rank 0 keeps the plain seed.
-        self.train_generator.manual_seed(self.train_seed + 1_000_003 * rank)
 
     def _eval_set(self, split: str) -> TensorDataset:
         if split not in self._eval_sets:
@@ -159,7 +170,9 @@ class NthFarthestDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # Generation is a few vectorised tensor ops per batch: worker processes would cost more than they save.
-        return DataLoader(_GeneratedBatches(self), batch_size=None)
+        if self._train_batches is None:
+            self._train_batches = _GeneratedBatches(self)
+        return DataLoader(self._train_batches, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._eval_set("val"), batch_size=self.batch_size)
@@ -169,9 +182,3 @@ class NthFarthestDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
-
-    def state_dict(self) -> dict:
-        return {"train_generator": self.train_generator.get_state()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.train_generator.set_state(state_dict["train_generator"])

@@ -9,7 +9,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .checks import check_positive_ints
+from .checks import ConfigurationError, check_positive_ints
 from .core import RecurrentCore
 from .hparams import save_config_hyperparameters
 
@@ -26,10 +26,27 @@ def mlp(in_features: int, hidden_sizes: tuple[int, ...] | list[int], out_feature
     return nn.Sequential(*layers)
 
 
+def unpack_batch(batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """A batch is an inputs tensor, or a tuple ``(inputs, labels)`` or ``(inputs, labels, lengths)``."""
+    if isinstance(batch, Tensor):
+        return batch, None, None
+    if isinstance(batch, tuple | list) and 1 <= len(batch) <= 3 and all(isinstance(b, Tensor) for b in batch):
+        inputs, labels, lengths = (*batch, None, None)[:3]
+        return inputs, labels, lengths
+    described = (
+        f"{type(batch).__name__} of {len(batch)}" if isinstance(batch, tuple | list) else type(batch).__name__
+    )
+    raise ValueError(
+        f"SequenceClassifier: a batch must be an inputs tensor or a tuple (inputs, labels) or "
+        f"(inputs, labels, lengths) of tensors, got {described}."
+    )
+
+
 class SequenceClassifier(LightningModule):
     """Classify a sequence from the core's output at its last (real) step.
 
-    Batches are ``(inputs [B, T, ...], labels [B])`` or ``(inputs, labels, lengths [B])`` for padded sequences.
+    Batches are ``(inputs [B, T, ...], labels [B])`` or ``(inputs, labels, lengths [B])`` for padded sequences;
+    ``predict`` also takes a bare inputs tensor and returns the predicted classes and their probabilities.
     Logs ``{train,val,test}/loss`` and ``{train,val,test}/acc``.
 
     Args:
@@ -52,10 +69,14 @@ class SequenceClassifier(LightningModule):
     ) -> None:
         super().__init__()
         check_positive_ints(type(self).__name__, num_classes=num_classes)
+        if not isinstance(head_sizes, tuple | list):
+            raise ConfigurationError(
+                f"SequenceClassifier: head_sizes must be a list of layer sizes, e.g. [256, 256], got {head_sizes!r}."
+            )
         for i, size in enumerate(head_sizes):
             check_positive_ints(type(self).__name__, **{f"head_sizes[{i}]": size})
         if not isinstance(core, RecurrentCore):
-            raise ValueError(
+            raise ConfigurationError(
                 f"SequenceClassifier: core must be a RecurrentCore (RelationalMemory, LSTMCore or a subclass of "
                 f"rrn_lightning.RecurrentCore), got core={type(core).__name__}."
             )
@@ -79,8 +100,10 @@ class SequenceClassifier(LightningModule):
         return self.head(last)
 
     def _shared_step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
-        inputs, labels, *rest = batch
-        logits = self(inputs, rest[0] if rest else None)
+        inputs, labels, lengths = unpack_batch(batch)
+        if labels is None:
+            raise ValueError(f"SequenceClassifier: {stage} batches need labels: (inputs, labels[, lengths]).")
+        logits = self(inputs, lengths)
         loss = F.cross_entropy(logits.float(), labels)
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, labels)
@@ -108,8 +131,7 @@ class SequenceClassifier(LightningModule):
         return self._shared_step(batch, "test")
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
-        inputs, *rest = batch
-        lengths = rest[1] if len(rest) > 1 else None
+        inputs, _, lengths = unpack_batch(batch)
         probabilities = self(inputs, lengths).softmax(-1)
         return {"prediction": probabilities.argmax(-1), "probabilities": probabilities}
 

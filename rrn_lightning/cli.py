@@ -18,6 +18,8 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from .checks import ConfigurationError
+
 # Our generated training streams run in the main process (no workers), where their __len__ is exact.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 # Lightning's own use of a torch API that torch deprecated; nothing a user can act on.
@@ -61,7 +63,12 @@ class RRNCLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as error:
             # A value only the class itself can judge (mem_slots=0, ...): the class's message, without a traceback.
-            self.parser.exit(2, f"rrn: error: invalid configuration: {error}\n")
+            # jsonargparse re-raises it as a plain ValueError, so look for ours along the chain; anything else is
+            # not a configuration problem and keeps its traceback.
+            cause = _find_configuration_error(error)
+            if cause is None:
+                raise
+            self.parser.exit(2, f"rrn: error: invalid configuration: {cause}\n")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -71,6 +78,15 @@ class RRNCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir=config.trainer.default_root_dir, name=name),
             )
+
+
+def _find_configuration_error(error: BaseException) -> ConfigurationError | None:
+    seen = 0
+    while error is not None and seen < 20:
+        if isinstance(error, ConfigurationError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
 
 
 def _run_name(config_paths) -> str:

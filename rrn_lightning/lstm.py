@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .checks import check_positive_ints
+from .checks import ConfigurationError, check_positive_ints
 from .core import RecurrentCore
 from .memory import _length_mask
 
@@ -48,7 +48,9 @@ class LSTMCore(RecurrentCore):
             input_rows=input_rows,
         )
         if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{owner}: dropout must be a probability in [0, 1), got dropout={dropout!r}.")
+            raise ConfigurationError(
+                f"{owner}: dropout must be a probability in [0, 1), got dropout={dropout!r}."
+            )
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -121,10 +123,13 @@ class LSTMCore(RecurrentCore):
         state = tuple(state)
         if lengths is None:
             return self.lstm(xs, state)
-        _length_mask(lengths, B, T, xs.device)  # validates shape, dtype and range
+        _length_mask("LSTMCore.forward", lengths, B, T, xs.device)  # validates shape, dtype and range
         lengths = torch.as_tensor(lengths).cpu()
         if int(lengths.min()) == 0:
-            raise ValueError("LSTMCore.forward: lengths must be >= 1 (packed sequences cannot be empty).")
+            raise ValueError(
+                f"LSTMCore.forward: lengths must be >= 1 (packed sequences cannot be empty), got lengths[{int(lengths.argmin())}]=0;"
+                " drop empty sequences from the batch (RelationalMemory accepts them and keeps their state)."
+            )
         packed = pack_padded_sequence(xs, lengths, batch_first=True, enforce_sorted=False)
         out, state = self.lstm(packed, state)
         outs, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # [B, T, H], zeros when padded

@@ -17,8 +17,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
-from .checks import check_positive_ints
+from .checks import ConfigurationError, check_positive_ints
 from .core import RecurrentCore
 
 __all__ = ["RelationalMemory", "sonnet_linear_init_"]
@@ -111,20 +112,22 @@ class RelationalMemory(RecurrentCore):
         if key_size is not None:
             check_positive_ints(owner, key_size=key_size)
         if gate_style not in _GATE_STYLES:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{owner}: gate_style must be 'unit', 'memory' or None (no gating), got gate_style={gate_style!r}."
             )
         for name, value in (("forget_bias", forget_bias), ("input_bias", input_bias)):
             if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-                raise ValueError(f"{owner}: {name} must be a number (inf allowed), got {name}={value!r}.")
+                raise ConfigurationError(
+                    f"{owner}: {name} must be a number (inf allowed), got {name}={value!r}."
+                )
 
         self.input_size = input_size
         self.mem_slots = mem_slots
         self.head_size = head_size
         self.num_heads = num_heads
         self.num_blocks = num_blocks
-        self.forget_bias = float(forget_bias)
-        self.input_bias = float(input_bias)
+        self._forget_bias = float(forget_bias)
+        self._input_bias = float(input_bias)
         self.gate_style = gate_style
         self.attention_mlp_layers = attention_mlp_layers
         self.key_size = key_size if key_size is not None else head_size
@@ -142,15 +145,14 @@ class RelationalMemory(RecurrentCore):
                 mlp.append(nn.ReLU())
             mlp.append(nn.Linear(M, M))
         self.mlp = nn.Sequential(*mlp)
-        self.mlp_layers = [layer for layer in self.mlp if isinstance(layer, nn.Linear)]
         gate_size = {"unit": M, "memory": 1, None: 0}[gate_style]
         self.gate_size = gate_size
         if gate_size:
             self.gate_input = nn.Linear(input_rows * M, 2 * gate_size)
             self.gate_memory = nn.Linear(M, 2 * gate_size)
         # The gate biases, added once to the input part of the gates (non-persistent: not a parameter).
-        biases = [self.input_bias] * gate_size + [self.forget_bias] * gate_size
-        self.register_buffer("gate_bias", torch.tensor(biases, dtype=torch.float32), persistent=False)
+        self.register_buffer("gate_bias", torch.zeros(2 * gate_size), persistent=False)
+        self._update_gate_bias()
         self._scale = self.key_size**-0.5
         self.last_gates: tuple[Tensor, Tensor] | None = None
         self._deferred: dict[nn.Linear, tuple] | None = None
@@ -163,6 +165,30 @@ class RelationalMemory(RecurrentCore):
                 sonnet_linear_init_(module)
             elif isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
+
+    @property
+    def forget_bias(self) -> float:
+        return self._forget_bias
+
+    @forget_bias.setter
+    def forget_bias(self, value: float) -> None:
+        self._forget_bias = float(value)
+        self._update_gate_bias()
+
+    @property
+    def input_bias(self) -> float:
+        return self._input_bias
+
+    @input_bias.setter
+    def input_bias(self, value: float) -> None:
+        self._input_bias = float(value)
+        self._update_gate_bias()
+
+    def _update_gate_bias(self) -> None:
+        G = self.gate_size
+        with torch.no_grad():
+            self.gate_bias[:G] = self._input_bias
+            self.gate_bias[G:] = self._forget_bias
 
     @property
     def init_kwargs(self) -> dict:
@@ -250,14 +276,15 @@ class RelationalMemory(RecurrentCore):
             rows = rows.unsqueeze(-2)  # [..., 1, M]
         gate_in = None
         if self.gate_size:
-            gate_in = self.gate_input(rows.flatten(-2)).float() + self.gate_bias  # [..., 2G]
+            gate_in = self.gate_input(rows.flatten(-2))  # [..., 2G]
+            gate_in = gate_in.to(_stat_dtype(gate_in)) + self.gate_bias
         first = self.blocks[0]
         qkv_in = _layer_norm(first.qkv_norm, first.qkv(rows))  # [..., n, F]
         return rows, gate_in, qkv_in
 
     def _per_step_linears(self) -> list[nn.Linear]:
         """The Linear layers applied inside the time loop."""
-        layers = [block.qkv for block in self.blocks] + list(self.mlp_layers)
+        layers = [block.qkv for block in self.blocks] + [m for m in self.mlp if isinstance(m, nn.Linear)]
         return layers + [self.gate_memory] if self.gate_size else layers
 
     def _linear(self, layer: nn.Linear, x: Tensor) -> Tensor:
@@ -269,8 +296,8 @@ class RelationalMemory(RecurrentCore):
         return _StepLinear.apply(x, weight, bias, store)
 
     def _mlp(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.mlp_layers):
-            x = self._linear(layer, torch.relu(x) if i > 0 else x)
+        for layer in self.mlp:
+            x = self._linear(layer, x) if isinstance(layer, nn.Linear) else layer(x)
         return x
 
     def _step(
@@ -296,7 +323,7 @@ class RelationalMemory(RecurrentCore):
                 q = q[:, :, :N]  # [B, H, N, k]: only the memory rows' outputs survive the step
             if keep_attention:
                 scores = torch.matmul(q, key.transpose(-1, -2)) * self._scale  # [B, H, Q, R]
-                w = torch.softmax(scores.float(), dim=-1)
+                w = torch.softmax(scores, dim=-1, dtype=_stat_dtype(scores))
                 att = torch.matmul(w, v)  # [B, H, Q, h]
                 weights.append(w[:, :, :N])
             else:
@@ -312,11 +339,11 @@ class RelationalMemory(RecurrentCore):
         new = x_mem  # [B, N, M]
         gates = None
         if gate_in is not None:
-            g = self._linear(self.gate_memory, torch.tanh(memory)).float() + gate_in.unsqueeze(
+            g = self._linear(self.gate_memory, torch.tanh(memory)).to(gate_in.dtype) + gate_in.unsqueeze(
                 1
             )  # [B, N, 2G], biases included
             input_gate, forget_gate = torch.sigmoid(g).chunk(2, dim=-1)  # [B, N, G] each
-            new = torch.addcmul(forget_gate * memory, input_gate, torch.tanh(new))
+            new = torch.addcmul(forget_gate * memory, input_gate, torch.tanh(new)).to(memory.dtype)
             gates = (input_gate, forget_gate)
         attention = torch.stack(weights, dim=1) if keep_attention else None  # [B, blocks, H, N, N+n]
         return new, gates, attention
@@ -368,9 +395,11 @@ class RelationalMemory(RecurrentCore):
                 f"RelationalMemory.forward: the input has no time steps (shape {list(xs.shape)})."
             )
         if state is None:
-            state = self.initial_state(B, device=xs.device)
+            state = self.initial_state(B, device=xs.device, dtype=self.input_projection.weight.dtype)
         self._check_state("forward", state, B)
-        mask = None if lengths is None else _length_mask(lengths, B, T, xs.device)  # [B, T] or None
+        mask = (
+            None if lengths is None else _length_mask("RelationalMemory.forward", lengths, B, T, xs.device)
+        )  # [B, T] or None
 
         rows, gate_in, qkv_in = self._precompute(xs)  # [B, T, n, M], [B, T, 2G], [B, T, n, F]
         # unbind, not rows[:, t]: one backward node for all steps instead of a full-size zero gradient per step.
@@ -379,7 +408,12 @@ class RelationalMemory(RecurrentCore):
         memory = state
         outputs, attentions = [], []
         gates = None
-        if T > 1 and torch.is_grad_enabled() and B * self.mem_slots <= _DEFERRED_MAX_ROWS:
+        if (
+            T > 1
+            and torch.is_grad_enabled()
+            and B * self.mem_slots <= _DEFERRED_MAX_ROWS
+            and not torch.compiler.is_compiling()
+        ):
             self._deferred = {}
             for layer in self._per_step_linears():
                 if layer.weight.requires_grad and layer.bias.requires_grad:
@@ -408,23 +442,33 @@ class RelationalMemory(RecurrentCore):
         return outputs, memory
 
 
+def _stat_dtype(x: Tensor) -> torch.dtype:
+    """float32 for statistics of half-precision tensors (float64 stays float64)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
-    """LayerNorm computed in float32 whatever autocast would do (CPU autocast would run it in bfloat16)."""
-    return F.layer_norm(x.float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    """LayerNorm with float32 statistics. Under autocast (which on CPU would run it in bfloat16) the result stays
+    float32, keeping the residual stream and the memory in float32; otherwise it has the input's dtype."""
+    dtype = _stat_dtype(x)
+    out = F.layer_norm(
+        x.to(dtype), norm.normalized_shape, norm.weight.to(dtype), norm.bias.to(dtype), norm.eps
+    )
+    return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
 
 
-def _length_mask(lengths: Tensor, batch_size: int, steps: int, device: torch.device) -> Tensor:
+def _length_mask(owner: str, lengths: Tensor, batch_size: int, steps: int, device: torch.device) -> Tensor:
     """Validate ``lengths`` [B] and return the [B, T] mask of real (not padded) steps."""
     if not isinstance(lengths, Tensor):
         lengths = torch.as_tensor(lengths)
     if lengths.shape != (batch_size,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
         raise ValueError(
-            f"lengths must be an integer tensor of shape [batch]={[batch_size]}, "
+            f"{owner}: lengths must be an integer tensor of shape [batch]={[batch_size]}, "
             f"got shape {list(lengths.shape)} and dtype {lengths.dtype}."
         )
     if len(lengths) and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
         raise ValueError(
-            f"lengths must lie in 0..{steps} (the number of time steps), got values from "
+            f"{owner}: lengths must lie in 0..{steps} (the number of time steps), got values from "
             f"{int(lengths.min())} to {int(lengths.max())}."
         )
     return torch.arange(steps, device=device)[None, :] < lengths.to(device)[:, None]  # [B, T]
@@ -436,9 +480,11 @@ def _length_mask(lengths: Tensor, batch_size: int, steps: int, device: torch.dev
 # ``forward`` they instead run through ``_StepLinear``, which returns only the input gradient and files the step's
 # input and output gradient; the weight and bias gradients are then one GEMM over all steps, in the backward of
 # ``_CollectWeightGrad`` - which autograd runs after every step that used the weight has been differentiated.
-# Above this many rows per step the per-step GEMMs are large enough to run efficiently, and gathering every step's
-# inputs and gradients for one GEMM costs more memory traffic than it saves (measured on the `nth` preset).
-_DEFERRED_MAX_ROWS = 2048
+# Used only while the per-step GEMMs are thin: gathering every step's inputs and gradients costs memory traffic, and
+# on 2 CPU threads it paid off at 64 rows per step (`lm` preset: 1537 -> 1432 ms per training step) but not at 128
+# (`default`: 305 -> 325 ms) nor at 12,800 (`nth`: 2.6 s -> 3.7 s). Gradients through this path are first order only
+# (create_graph=True raises); the reference implementation supports higher orders.
+_DEFERRED_MAX_ROWS = 96
 
 
 class _WeightGradStore:
@@ -458,10 +504,13 @@ class _CollectWeightGrad(torch.autograd.Function):
         return weight.view_as(weight), bias.view_as(bias)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_weight, grad_bias):
         store = ctx.store
         pairs = [(x, g) for x, g in zip(store.inputs, store.grads, strict=True) if g is not None]
-        store.inputs, store.grads = [], []
+        store.grads = [None] * len(
+            store.inputs
+        )  # a second backward (retain_graph=True) files its own gradients
         if not pairs:
             return None, None, None
         inputs = torch.cat([x for x, _ in pairs])  # [all rows of all steps, in]
@@ -487,6 +536,7 @@ class _StepLinear(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor | None):
         if grad is None:
             return None, None, None, None

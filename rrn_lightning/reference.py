@@ -28,9 +28,10 @@ class ReferenceRelationalMemory(nn.Module):
 
     @classmethod
     def from_core(cls, core: RelationalMemory) -> ReferenceRelationalMemory:
-        ref = cls(**core.init_kwargs)
+        weight = core.input_projection.weight
+        ref = cls(**core.init_kwargs).to(device=weight.device, dtype=weight.dtype)
         ref.params.load_state_dict(core.state_dict())
-        return ref.to(next(core.parameters()).device)
+        return ref
 
     def initial_state(self, batch_size: int, **kwargs) -> Tensor:
         return self.params.initial_state(batch_size, **kwargs)

@@ -174,3 +174,16 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     checkpoint = tmp_path / "nth_farthest_rmc_cpu" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=False)["global_step"] == 2
     assert isinstance(SequenceClassifier.load_from_checkpoint(checkpoint).core, RelationalMemory)
+
+
+def test_predict_step_takes_tensors_or_tuples():
+    model = SequenceClassifier(LSTMCore(16, 8), num_classes=4, head_sizes=[8])
+    x = torch.randn(5, 4, 16)
+    bare = model.predict_step(x, 0)
+    assert bare["prediction"].shape == (5,) and bare["probabilities"].shape == (5, 4)
+    with_labels = model.predict_step((x, torch.zeros(5, dtype=torch.long)), 0)
+    assert torch.equal(bare["prediction"], with_labels["prediction"])
+    with pytest.raises(ValueError, match=r"a batch must be an inputs tensor or a tuple .* got dict"):
+        model.predict_step({"x": x}, 0)
+    with pytest.raises(ValueError, match=r"head_sizes must be a list of layer sizes"):
+        SequenceClassifier(LSTMCore(16, 8), num_classes=4, head_sizes=256)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rrn_lightning import RelationalMemory
+from rrn_lightning import memory as memory_module
 from rrn_lightning.reference import ReferenceRelationalMemory
 
 B, D = 3, 7
@@ -102,6 +103,11 @@ def test_saturated_gates_keep_memory_exactly(gate_style):
     state = torch.randn(B, 4, 16)
     _, new = core.step(inputs(core), state)
     assert torch.equal(new, state)
+    # Biases set after construction count too.
+    core = make(gate_style=gate_style)
+    core.forget_bias, core.input_bias = math.inf, -math.inf
+    _, final = core(inputs(core, steps=3), state)
+    assert torch.equal(final, state)
 
 
 def test_key_size_different_from_head_size():
@@ -137,9 +143,11 @@ def test_sonnet_initialisation():
 
 
 def test_mlp_is_shared_and_attention_is_per_block():
-    core = make(num_blocks=3, attention_mlp_layers=3)
-    assert len(core.blocks) == 3
-    assert sum(isinstance(m, torch.nn.Linear) for m in core.mlp) == 3
+    core = make(num_blocks=3, attention_mlp_layers=3, gate_style=None)
+    M, F = 16, 2 * (8 + 8 + 8)  # memory width; q/k/v width (2 heads of 8, key_size = head_size)
+    per_block = (M * F + F) + 2 * F + 2 * (2 * M)  # q/k/v Linear, its LayerNorm, the two LayerNorms
+    mlp = 3 * (M * M + M)  # one MLP of three layers, whatever the number of blocks
+    assert sum(p.numel() for p in core.parameters()) == (D * M + M) + 3 * per_block + mlp
     assert core.blocks[0].qkv is not core.blocks[1].qkv
 
 
@@ -173,10 +181,16 @@ def test_forward_equals_loop_of_steps(kwargs):
 
 @pytest.mark.parametrize("kwargs", CONFIGS)
 @pytest.mark.parametrize("batch", [1, B])
-def test_equals_plain_reference(kwargs, batch):
+@pytest.mark.parametrize(
+    "steps,one_gemm_weight_grads",
+    [(5, True), (5, False), (1, False)],
+    ids=["one-gemm", "per-step", "one-step"],
+)
+def test_equals_plain_reference(kwargs, batch, steps, one_gemm_weight_grads, monkeypatch):
+    monkeypatch.setattr(memory_module, "_DEFERRED_MAX_ROWS", 10_000 if one_gemm_weight_grads else 0)
     core = make(**kwargs)
     reference = ReferenceRelationalMemory.from_core(core)
-    xs = inputs(core, batch=batch, steps=5)
+    xs = inputs(core, batch=batch, steps=steps)
     outs, final = core(xs)
     ref_outs, ref_final = reference(xs)
     torch.testing.assert_close(outs, ref_outs, atol=1e-5, rtol=0)
@@ -285,3 +299,37 @@ def test_wrong_input_shapes_say_expected_and_actual():
         core(torch.randn(B, 2, D), lengths=torch.tensor([1.0, 2.0, 2.0]))
     with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got batch_size=0"):
         core.initial_state(0)
+
+
+def test_backward_twice_with_retained_graph(monkeypatch):
+    monkeypatch.setattr(memory_module, "_DEFERRED_MAX_ROWS", 10_000)
+    core = make()
+    outs, _ = core(inputs(core, steps=4))
+    loss = outs.square().mean()
+    loss.backward(retain_graph=True)
+    once = {n: p.grad.clone() for n, p in core.named_parameters()}
+    loss.backward()
+    for name, p in core.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * once[name], msg=name)
+
+
+def test_double_backward_is_refused_not_wrong(monkeypatch):
+    monkeypatch.setattr(memory_module, "_DEFERRED_MAX_ROWS", 10_000)
+    core = make()
+    outs, _ = core(inputs(core, steps=3))
+    (grad,) = torch.autograd.grad(outs.square().mean(), core.blocks[0].qkv.weight, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate|not implemented"):
+        grad.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_runs_in_other_parameter_dtypes(dtype):
+    core = make(num_blocks=2).to(dtype)
+    xs = inputs(core, steps=3).to(dtype)
+    outs, state = core(xs)
+    assert outs.dtype == dtype and state.dtype == dtype
+    outs.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in core.parameters())
+    if dtype == torch.float64:
+        reference = ReferenceRelationalMemory.from_core(core)
+        torch.testing.assert_close(outs, reference(xs)[0], atol=1e-10, rtol=0)
