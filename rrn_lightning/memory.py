@@ -501,6 +501,11 @@ class _CollectWeightGrad(torch.autograd.Function):
         ctx.store = store
         ctx.dtypes = (weight.dtype, bias.dtype)
         ctx.set_materialize_grads(False)
+        # Under autocast, cast the weights once per sequence here rather than once per step in _StepLinear.
+        device = weight.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        if dtype != weight.dtype:
+            return weight.to(dtype), bias.to(dtype)
         return weight.view_as(weight), bias.view_as(bias)
 
     @staticmethod
