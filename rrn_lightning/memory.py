@@ -312,12 +312,12 @@ class RelationalMemory(RecurrentCore):
         for i, block in enumerate(self.blocks):
             last = i == self.num_blocks - 1
             qkv_mem = _layer_norm(block.qkv_norm, self._linear(block.qkv, x_mem))  # [B, N, F]
-            qkv_inp = (
-                qkv_in if i == 0 else _layer_norm(block.qkv_norm, self._linear(block.qkv, x_in))
-            )  # [B, n, F]
-            qkv = (
-                torch.cat([qkv_mem, qkv_inp], dim=1).view(B, R, H, 2 * k + h).transpose(1, 2)
-            )  # [B, H, R, 2k+h]
+            if i == 0:
+                qkv_inp = qkv_in  # [B, n, F], computed before the time loop
+            else:
+                qkv_inp = _layer_norm(block.qkv_norm, self._linear(block.qkv, x_in))  # [B, n, F]
+            qkv = torch.cat([qkv_mem, qkv_inp], dim=1)  # [B, R, F]
+            qkv = qkv.view(B, R, H, 2 * k + h).transpose(1, 2)  # [B, H, R, 2k+h]
             q, key, v = qkv.split([k, k, h], dim=-1)
             if last:
                 q = q[:, :, :N]  # [B, H, N, k]: only the memory rows' outputs survive the step
@@ -339,9 +339,8 @@ class RelationalMemory(RecurrentCore):
         new = x_mem  # [B, N, M]
         gates = None
         if gate_in is not None:
-            g = self._linear(self.gate_memory, torch.tanh(memory)).to(gate_in.dtype) + gate_in.unsqueeze(
-                1
-            )  # [B, N, 2G], biases included
+            g = self._linear(self.gate_memory, torch.tanh(memory)).to(gate_in.dtype)
+            g = g + gate_in.unsqueeze(1)  # [B, N, 2G], biases included
             input_gate, forget_gate = torch.sigmoid(g).chunk(2, dim=-1)  # [B, N, G] each
             new = torch.addcmul(forget_gate * memory, input_gate, torch.tanh(new)).to(memory.dtype)
             gates = (input_gate, forget_gate)
@@ -397,9 +396,9 @@ class RelationalMemory(RecurrentCore):
         if state is None:
             state = self.initial_state(B, device=xs.device, dtype=self.input_projection.weight.dtype)
         self._check_state("forward", state, B)
-        mask = (
-            None if lengths is None else _length_mask("RelationalMemory.forward", lengths, B, T, xs.device)
-        )  # [B, T] or None
+        mask = None  # [B, T]: True at real (not padded) steps
+        if lengths is not None:
+            mask = _length_mask("RelationalMemory.forward", lengths, B, T, xs.device)
 
         rows, gate_in, qkv_in = self._precompute(xs)  # [B, T, n, M], [B, T, 2G], [B, T, n, F]
         # unbind, not rows[:, t]: one backward node for all steps instead of a full-size zero gradient per step.
