@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["RecurrentCore"]
@@ -25,6 +26,7 @@ class RecurrentCore(nn.Module):
     """
 
     input_size: int
+    input_rows: int = 1
 
     @property
     def output_size(self) -> int:
@@ -35,3 +37,34 @@ class RecurrentCore(nn.Module):
 
     def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         raise NotImplementedError
+
+    # Input checks shared by the cores: ValueErrors that say the expected and the actual shape.
+    def _check_inputs(self, where: str, x: Tensor, leading: int) -> None:
+        """Check that ``x`` is ``[batch, (time,) (input_rows,) input_size]``; ``leading`` is 1 (step) or 2."""
+        owner = f"{type(self).__name__}.{where}"
+        row = (self.input_size,) if self.input_rows == 1 else (self.input_rows, self.input_size)
+        if x.dim() != leading + len(row) or tuple(x.shape[leading:]) != row:
+            names = ["batch", "time"][:leading]
+            if self.input_rows > 1:
+                names.append(f"input_rows={self.input_rows}")
+            names.append(f"input_size={self.input_size}")
+            raise ValueError(f"{owner}: input must have shape [{', '.join(names)}], got {list(x.shape)}.")
+        if leading == 2 and x.shape[1] == 0:
+            raise ValueError(f"{owner}: the input has no time steps (shape {list(x.shape)}).")
+
+    def _length_mask(self, lengths: Tensor, batch_size: int, steps: int, device: torch.device) -> Tensor:
+        """Validate ``lengths`` [B] and return the [B, T] mask of real (not padded) steps."""
+        owner = f"{type(self).__name__}.forward"
+        if not isinstance(lengths, Tensor):
+            lengths = torch.as_tensor(lengths)
+        if lengths.shape != (batch_size,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+            raise ValueError(
+                f"{owner}: lengths must be an integer tensor of shape [batch]={[batch_size]}, "
+                f"got shape {list(lengths.shape)} and dtype {lengths.dtype}."
+            )
+        if len(lengths) and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
+            raise ValueError(
+                f"{owner}: lengths must lie in 0..{steps} (the number of time steps), got values from "
+                f"{int(lengths.min())} to {int(lengths.max())}."
+            )
+        return torch.arange(steps, device=device)[None, :] < lengths.to(device)[:, None]  # [B, T]

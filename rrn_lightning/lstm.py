@@ -8,7 +8,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .checks import ConfigurationError, check_positive_ints
 from .core import RecurrentCore
-from .memory import _length_mask
 
 __all__ = ["LSTMCore"]
 
@@ -76,15 +75,7 @@ class LSTMCore(RecurrentCore):
         return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
 
     def _flatten_rows(self, where: str, x: Tensor, leading: int) -> Tensor:
-        row = (self.input_size,) if self.input_rows == 1 else (self.input_rows, self.input_size)
-        if x.dim() != leading + len(row) or tuple(x.shape[leading:]) != row:
-            names = ["batch", "time"][:leading]
-            if self.input_rows > 1:
-                names.append(f"input_rows={self.input_rows}")
-            names.append(f"input_size={self.input_size}")
-            raise ValueError(
-                f"LSTMCore.{where}: input must have shape [{', '.join(names)}], got {list(x.shape)}."
-            )
+        self._check_inputs(where, x, leading)
         return x.flatten(leading) if self.input_rows > 1 else x
 
     def _check_state(self, where: str, state: LSTMState, batch_size: int) -> None:
@@ -115,15 +106,13 @@ class LSTMCore(RecurrentCore):
         """Run over ``xs`` ``[B, T, D]`` (or ``[B, T, n, D]``) -> ``(outputs [B, T, H], (h, c))``."""
         xs = self._flatten_rows("forward", xs, leading=2)
         B, T = xs.shape[:2]
-        if T == 0:
-            raise ValueError(f"LSTMCore.forward: the input has no time steps (shape {list(xs.shape)}).")
         if state is None:
             state = self.initial_state(B, device=xs.device, dtype=xs.dtype)
         self._check_state("forward", state, B)
         state = tuple(state)
         if lengths is None:
             return self.lstm(xs, state)
-        _length_mask("LSTMCore.forward", lengths, B, T, xs.device)  # validates shape, dtype and range
+        self._length_mask(lengths, B, T, xs.device)  # validates shape, dtype and range
         lengths = torch.as_tensor(lengths).cpu()
         if int(lengths.min()) == 0:
             raise ValueError(

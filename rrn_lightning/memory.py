@@ -239,9 +239,6 @@ class RelationalMemory(RecurrentCore):
         return eye.expand(batch_size, N, M).clone()  # [B, N, M]
 
     # ------------------------------------------------------------------ checks
-    def _row_shape(self) -> tuple[int, ...]:
-        return (self.input_size,) if self.input_rows == 1 else (self.input_rows, self.input_size)
-
     def _check_state(self, where: str, state: Tensor, batch_size: int) -> None:
         expected = (batch_size, *self.state_shape)
         if not isinstance(state, Tensor) or tuple(state.shape) != expected:
@@ -249,18 +246,6 @@ class RelationalMemory(RecurrentCore):
             raise ValueError(
                 f"RelationalMemory.{where}: state must have shape [batch, mem_slots, num_heads * head_size] = "
                 f"{list(expected)}, got {got}. Use core.initial_state(batch_size) for a fresh state."
-            )
-
-    def _check_inputs(self, where: str, x: Tensor, leading: int) -> None:
-        """Check that ``x`` is ``[*leading dims, *row shape]``."""
-        row = self._row_shape()
-        names = ["batch", "time"][:leading]
-        if self.input_rows > 1:
-            names.append(f"input_rows={self.input_rows}")
-        names.append(f"input_size={self.input_size}")
-        if x.dim() != leading + len(row) or tuple(x.shape[leading:]) != row:
-            raise ValueError(
-                f"RelationalMemory.{where}: input must have shape [{', '.join(names)}], got {list(x.shape)}."
             )
 
     # ------------------------------------------------------------------ computation
@@ -389,16 +374,12 @@ class RelationalMemory(RecurrentCore):
         """
         self._check_inputs("forward", xs, leading=2)
         B, T = xs.shape[:2]
-        if T == 0:
-            raise ValueError(
-                f"RelationalMemory.forward: the input has no time steps (shape {list(xs.shape)})."
-            )
         if state is None:
             state = self.initial_state(B, device=xs.device, dtype=self.input_projection.weight.dtype)
         self._check_state("forward", state, B)
         mask = None  # [B, T]: True at real (not padded) steps
         if lengths is not None:
-            mask = _length_mask("RelationalMemory.forward", lengths, B, T, xs.device)
+            mask = self._length_mask(lengths, B, T, xs.device)
 
         rows, gate_in, qkv_in = self._precompute(xs)  # [B, T, n, M], [B, T, 2G], [B, T, n, F]
         # unbind, not rows[:, t]: one backward node for all steps instead of a full-size zero gradient per step.
@@ -454,23 +435,6 @@ def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
         x.to(dtype), norm.normalized_shape, norm.weight.to(dtype), norm.bias.to(dtype), norm.eps
     )
     return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
-
-
-def _length_mask(owner: str, lengths: Tensor, batch_size: int, steps: int, device: torch.device) -> Tensor:
-    """Validate ``lengths`` [B] and return the [B, T] mask of real (not padded) steps."""
-    if not isinstance(lengths, Tensor):
-        lengths = torch.as_tensor(lengths)
-    if lengths.shape != (batch_size,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-        raise ValueError(
-            f"{owner}: lengths must be an integer tensor of shape [batch]={[batch_size]}, "
-            f"got shape {list(lengths.shape)} and dtype {lengths.dtype}."
-        )
-    if len(lengths) and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
-        raise ValueError(
-            f"{owner}: lengths must lie in 0..{steps} (the number of time steps), got values from "
-            f"{int(lengths.min())} to {int(lengths.max())}."
-        )
-    return torch.arange(steps, device=device)[None, :] < lengths.to(device)[:, None]  # [B, T]
 
 
 # ---------------------------------------------------------------------- weight gradients in one GEMM
