@@ -29,11 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rrn_lightning import RelationalMemory  # noqa: E402
+from rrn_lightning import LSTMCore, RelationalMemory  # noqa: E402
 from rrn_lightning.reference import ReferenceRelationalMemory  # noqa: E402
 
 
@@ -95,15 +94,6 @@ def lstm_hidden_for(params: int, input_size: int) -> int:
         if count > params:
             break
     return best
-
-
-class LSTMBaseline(nn.Module):
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
-
-    def forward(self, xs):
-        return self.lstm(xs)
 
 
 def autocast(device: str, precision: str):
@@ -193,7 +183,7 @@ def run_preset(name: str, p: Preset, args) -> dict:
     reference = ReferenceRelationalMemory.from_core(rmc).to(device)
     params = sum(q.numel() for q in rmc.parameters())
     hidden = lstm_hidden_for(params, p.input_size)
-    lstm = LSTMBaseline(p.input_size, hidden).to(device)
+    lstm = LSTMCore(p.input_size, hidden).to(device)  # nn.LSTM behind our core interface
     xs = torch.randn(p.batch_size, p.steps, p.input_size, device=device)
 
     useful = rmc_flops_per_step(p, useful=True) * p.steps
