@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
+from . import _fused
 from .checks import ConfigurationError, check_positive_ints
 from .core import RecurrentCore
 
@@ -155,7 +155,7 @@ class RelationalMemory(RecurrentCore):
         self._update_gate_bias()
         self._scale = self.key_size**-0.5
         self.last_gates: tuple[Tensor, Tensor] | None = None
-        self._deferred: dict[nn.Linear, tuple] | None = None
+        self.fused = True
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -267,24 +267,6 @@ class RelationalMemory(RecurrentCore):
         qkv_in = _layer_norm(first.qkv_norm, first.qkv(rows))  # [..., n, F]
         return rows, gate_in, qkv_in
 
-    def _per_step_linears(self) -> list[nn.Linear]:
-        """The Linear layers applied inside the time loop."""
-        layers = [block.qkv for block in self.blocks] + [m for m in self.mlp if isinstance(m, nn.Linear)]
-        return layers + [self.gate_memory] if self.gate_size else layers
-
-    def _linear(self, layer: nn.Linear, x: Tensor) -> Tensor:
-        """``layer(x)``, through the one-GEMM weight gradient inside ``forward`` when training."""
-        deferred = self._deferred.get(layer) if self._deferred else None
-        if deferred is None:
-            return layer(x)
-        weight, bias, store = deferred
-        return _StepLinear.apply(x, weight, bias, store)
-
-    def _mlp(self, x: Tensor) -> Tensor:
-        for layer in self.mlp:
-            x = self._linear(layer, x) if isinstance(layer, nn.Linear) else layer(x)
-        return x
-
     def _step(
         self, memory: Tensor, rows: Tensor, gate_in: Tensor | None, qkv_in: Tensor, keep_attention: bool
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor | None]:
@@ -296,41 +278,114 @@ class RelationalMemory(RecurrentCore):
         weights = []
         for i, block in enumerate(self.blocks):
             last = i == self.num_blocks - 1
-            qkv_mem = _layer_norm(block.qkv_norm, self._linear(block.qkv, x_mem))  # [B, N, F]
+            qkv_mem = _layer_norm(block.qkv_norm, block.qkv(x_mem))  # [B, N, F]
             if i == 0:
                 qkv_inp = qkv_in  # [B, n, F], computed before the time loop
             else:
-                qkv_inp = _layer_norm(block.qkv_norm, self._linear(block.qkv, x_in))  # [B, n, F]
+                qkv_inp = _layer_norm(block.qkv_norm, block.qkv(x_in))  # [B, n, F]
             qkv = torch.cat([qkv_mem, qkv_inp], dim=1)  # [B, R, F]
             qkv = qkv.view(B, R, H, 2 * k + h).transpose(1, 2)  # [B, H, R, 2k+h]
             q, key, v = qkv.split([k, k, h], dim=-1)
             if last:
                 q = q[:, :, :N]  # [B, H, N, k]: only the memory rows' outputs survive the step
+            # Plain attention (not scaled_dot_product_attention, whose CPU kernel has no double backward).
+            scores = torch.matmul(q, key.transpose(-1, -2)) * self._scale  # [B, H, Q, R]
+            w = torch.softmax(scores, dim=-1, dtype=_stat_dtype(scores))
+            att = torch.matmul(w.to(v.dtype), v)  # [B, H, Q, h]
             if keep_attention:
-                scores = torch.matmul(q, key.transpose(-1, -2)) * self._scale  # [B, H, Q, R]
-                w = torch.softmax(scores, dim=-1, dtype=_stat_dtype(scores))
-                att = torch.matmul(w, v)  # [B, H, Q, h]
                 weights.append(w[:, :, :N])
-            else:
-                att = F.scaled_dot_product_attention(q, key, v, scale=self._scale)  # [B, H, Q, h]
             att = att.transpose(1, 2).reshape(B, q.shape[2], M)  # [B, Q, M]
             if last:
                 x_mem = _layer_norm(block.attention_norm, x_mem + att)
-                x_mem = _layer_norm(block.mlp_norm, self._mlp(x_mem) + x_mem)
+                x_mem = _layer_norm(block.mlp_norm, self.mlp(x_mem) + x_mem)
             else:
                 x = _layer_norm(block.attention_norm, torch.cat([x_mem, x_in], dim=1) + att)  # [B, R, M]
-                x = _layer_norm(block.mlp_norm, self._mlp(x) + x)
+                x = _layer_norm(block.mlp_norm, self.mlp(x) + x)
                 x_mem, x_in = x[:, :N], x[:, N:]
         new = x_mem  # [B, N, M]
         gates = None
         if gate_in is not None:
-            g = self._linear(self.gate_memory, torch.tanh(memory)).to(gate_in.dtype)
+            g = self.gate_memory(torch.tanh(memory)).to(gate_in.dtype)
             g = g + gate_in.unsqueeze(1)  # [B, N, 2G], biases included
             input_gate, forget_gate = torch.sigmoid(g).chunk(2, dim=-1)  # [B, N, G] each
             new = torch.addcmul(forget_gate * memory, input_gate, torch.tanh(new)).to(memory.dtype)
             gates = (input_gate, forget_gate)
         attention = torch.stack(weights, dim=1) if keep_attention else None  # [B, blocks, H, N, N+n]
         return new, gates, attention
+
+    def _stepwise_loop(self, memory, rows, qkv_in, gate_in, mask, return_attention):
+        """The time loop through autograd, one ``_step`` at a time (attention weights, higher-order gradients)."""
+        T = qkv_in.shape[1]
+        # unbind, not rows[:, t]: one backward node for all steps instead of a full-size zero gradient per step.
+        rows, qkv_in = rows.unbind(1), qkv_in.unbind(1)
+        gate_in = [None] * T if gate_in is None else gate_in.unbind(1)
+        outputs, attentions, gates = [], [], None
+        for t in range(T):
+            new, gates, attention = self._step(memory, rows[t], gate_in[t], qkv_in[t], return_attention)
+            if mask is not None:
+                new = torch.where(mask[:, t, None, None], new, memory)
+            memory = new
+            outputs.append(new.flatten(1))  # [B, N*M]
+            attentions.append(attention)
+        self._store_gates(gates)
+        attentions = torch.stack(attentions, dim=1) if return_attention else None  # [B, T, blocks, H, N, N+n]
+        return torch.stack(outputs, dim=1), memory, attentions
+
+    def _fused_plan(self, device: torch.device) -> _fused.Plan:
+        weight_dtype = self.input_projection.weight.dtype
+        compute = weight_dtype
+        if torch.is_autocast_enabled(device.type) and weight_dtype == torch.float32:
+            compute = torch.get_autocast_dtype(device.type)
+        eps = tuple(
+            (block.qkv_norm.eps, block.attention_norm.eps, block.mlp_norm.eps) for block in self.blocks
+        )
+        return _fused.Plan(
+            N=self.mem_slots,
+            n=self.input_rows,
+            H=self.num_heads,
+            k=self.key_size,
+            h=self.head_size,
+            G=self.gate_size,
+            mlp_layers=self.attention_mlp_layers,
+            num_blocks=self.num_blocks,
+            scale=self._scale,
+            eps=eps,
+            compute=compute,
+            stats=_stat_dtype(torch.empty((), dtype=compute)),
+        )
+
+    def _fused_params(self) -> list[Tensor]:
+        """The parameters of the time loop, in the order ``_fused`` reads them."""
+        params: list[Tensor] = []
+        for block in self.blocks:
+            for module in (block.qkv, block.qkv_norm, block.attention_norm, block.mlp_norm):
+                params += [module.weight, module.bias]
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                params += [layer.weight, layer.bias]
+        if self.gate_size:
+            params += [self.gate_memory.weight, self.gate_memory.bias]
+        return params
+
+    def _fused_loop(self, memory, rows, qkv_in, gate_in, mask):
+        """The time loop as one autograd node with a hand-written backward (``_fused.py``)."""
+        B, T = qkv_in.shape[:2]
+        plan = self._fused_plan(memory.device)
+        params = self._fused_params()
+        sink: dict = {}
+        tensors = (memory, rows, qkv_in, gate_in, *params)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            memories, final = _fused.FusedSequence.apply(plan, sink, memory, rows, qkv_in, gate_in, mask, *params)
+        else:
+            with torch.autocast(memory.device.type, enabled=False):
+                weights = _fused.Weights(plan, params)
+                memories = _fused.run_forward(plan, memory, rows, qkv_in, gate_in, mask, weights, None, sink)
+            final = memories[-1]
+        gates = sink["gates"]
+        G = self.gate_size
+        self._store_gates(None if gates is None else (gates[..., :G], gates[..., G:]))
+        outputs = memories.permute(1, 0, 2, 3).reshape(B, T, self.output_size)  # [B, T, N*M]
+        return outputs, final
 
     def _store_gates(self, gates: tuple[Tensor, Tensor] | None) -> None:
         self.last_gates = None if gates is None else (gates[0].detach(), gates[1].detach())
@@ -382,43 +437,16 @@ class RelationalMemory(RecurrentCore):
             mask = self._length_mask(lengths, B, T, xs.device)
 
         rows, gate_in, qkv_in = self._precompute(xs)  # [B, T, n, M], [B, T, 2G], [B, T, n, F]
-        # unbind, not rows[:, t]: one backward node for all steps instead of a full-size zero gradient per step.
-        rows, qkv_in = rows.unbind(1), qkv_in.unbind(1)
-        gate_in = [None] * T if gate_in is None else gate_in.unbind(1)
-        memory = state
-        outputs, attentions = [], []
-        gates = None
-        if (
-            T > 1
-            and torch.is_grad_enabled()
-            and B * self.mem_slots <= _DEFERRED_MAX_ROWS
-            and not torch.compiler.is_compiling()
-        ):
-            self._deferred = {}
-            for layer in self._per_step_linears():
-                if layer.weight.requires_grad and layer.bias.requires_grad:
-                    store = _WeightGradStore()
-                    self._deferred[layer] = (
-                        *_CollectWeightGrad.apply(layer.weight, layer.bias, store),
-                        store,
-                    )
-        try:
-            for t in range(T):
-                new, gates, attention = self._step(memory, rows[t], gate_in[t], qkv_in[t], return_attention)
-                if mask is not None:
-                    new = torch.where(mask[:, t, None, None], new, memory)
-                memory = new
-                outputs.append(new.flatten(1))  # [B, N*M]
-                if return_attention:
-                    attentions.append(attention)
-        finally:
-            self._deferred = None
-        self._store_gates(gates)
-        outputs = torch.stack(outputs, dim=1)  # [B, T, N*M]
+        if self.fused and not return_attention and not torch.compiler.is_compiling():
+            outputs, memory = self._fused_loop(state, rows, qkv_in, gate_in, mask)
+        else:
+            outputs, memory, attentions = self._stepwise_loop(
+                state, rows, qkv_in, gate_in, mask, return_attention
+            )
         if mask is not None:
             outputs = outputs.masked_fill(~mask[:, :, None], 0.0)
         if return_attention:
-            return outputs, memory, torch.stack(attentions, dim=1)  # [B, T, blocks, H, N, N+n]
+            return outputs, memory, attentions  # attentions [B, T, blocks, H, N, N+n]
         return outputs, memory
 
 
@@ -435,79 +463,3 @@ def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
         x.to(dtype), norm.normalized_shape, norm.weight.to(dtype), norm.bias.to(dtype), norm.eps
     )
     return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
-
-
-# ---------------------------------------------------------------------- weight gradients in one GEMM
-# Per-step projections (q/k/v of the memory rows, the MLP, the memory half of the gates) are small matrix products
-# that autograd would differentiate step by step: T small weight-gradient GEMMs and T accumulations. Within
-# ``forward`` they instead run through ``_StepLinear``, which returns only the input gradient and files the step's
-# input and output gradient; the weight and bias gradients are then one GEMM over all steps, in the backward of
-# ``_CollectWeightGrad`` - which autograd runs after every step that used the weight has been differentiated.
-# Used only while the per-step GEMMs are thin: gathering every step's inputs and gradients costs memory traffic, and
-# on 2 CPU threads it paid off at 64 rows per step (`lm` preset: 1537 -> 1432 ms per training step) but not at 128
-# (`default`: 305 -> 325 ms) nor at 12,800 (`nth`: 2.6 s -> 3.7 s). Gradients through this path are first order only
-# (create_graph=True raises); the reference implementation supports higher orders.
-_DEFERRED_MAX_ROWS = 96
-
-
-class _WeightGradStore:
-    __slots__ = ("inputs", "grads")
-
-    def __init__(self) -> None:
-        self.inputs: list[Tensor] = []
-        self.grads: list[Tensor | None] = []
-
-
-class _CollectWeightGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weight: Tensor, bias: Tensor, store: _WeightGradStore):
-        ctx.store = store
-        ctx.dtypes = (weight.dtype, bias.dtype)
-        ctx.set_materialize_grads(False)
-        # Under autocast, cast the weights once per sequence here rather than once per step in _StepLinear.
-        device = weight.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-        if dtype != weight.dtype:
-            return weight.to(dtype), bias.to(dtype)
-        return weight.view_as(weight), bias.view_as(bias)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_weight, grad_bias):
-        store = ctx.store
-        pairs = [(x, g) for x, g in zip(store.inputs, store.grads, strict=True) if g is not None]
-        store.grads = [None] * len(
-            store.inputs
-        )  # a second backward (retain_graph=True) files its own gradients
-        if not pairs:
-            return None, None, None
-        inputs = torch.cat([x for x, _ in pairs])  # [all rows of all steps, in]
-        grads = torch.cat([g for _, g in pairs])  # [all rows of all steps, out]
-        weight = torch.matmul(grads.t(), inputs).to(ctx.dtypes[0])  # [out, in]: one GEMM
-        bias = grads.sum(0, dtype=torch.float32).to(ctx.dtypes[1])
-        return weight, bias, None
-
-
-class _StepLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, store: _WeightGradStore):
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        x_, weight_ = x.to(dtype), weight.to(dtype)
-        with torch.autocast(device, enabled=False):
-            out = F.linear(x_, weight_, bias.to(dtype))
-        ctx.save_for_backward(weight_)
-        ctx.store, ctx.index, ctx.x_dtype = store, len(store.inputs), x.dtype
-        ctx.set_materialize_grads(False)
-        store.inputs.append(x_.reshape(-1, x_.shape[-1]))
-        store.grads.append(None)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor | None):
-        if grad is None:
-            return None, None, None, None
-        (weight,) = ctx.saved_tensors
-        ctx.store.grads[ctx.index] = grad.reshape(-1, grad.shape[-1]).to(weight.dtype)
-        return torch.matmul(grad.to(weight.dtype), weight).to(ctx.x_dtype), None, None, None

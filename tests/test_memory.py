@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from rrn_lightning import RelationalMemory
-from rrn_lightning import memory as memory_module
 from rrn_lightning.reference import ReferenceRelationalMemory
 
 B, D = 3, 7
@@ -181,28 +180,49 @@ def test_forward_equals_loop_of_steps(kwargs):
 
 @pytest.mark.parametrize("kwargs", CONFIGS)
 @pytest.mark.parametrize("batch", [1, B])
-@pytest.mark.parametrize(
-    "steps,one_gemm_weight_grads",
-    [(5, True), (5, False), (1, False)],
-    ids=["one-gemm", "per-step", "one-step"],
-)
-def test_equals_plain_reference(kwargs, batch, steps, one_gemm_weight_grads, monkeypatch):
-    monkeypatch.setattr(memory_module, "_DEFERRED_MAX_ROWS", 10_000 if one_gemm_weight_grads else 0)
+@pytest.mark.parametrize("steps", [5, 1])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "stepwise"])
+def test_equals_plain_reference(kwargs, batch, steps, fused):
     core = make(**kwargs)
+    core.fused = fused
     reference = ReferenceRelationalMemory.from_core(core)
-    xs = inputs(core, batch=batch, steps=steps)
-    outs, final = core(xs)
-    ref_outs, ref_final = reference(xs)
+    xs = inputs(core, batch=batch, steps=steps).requires_grad_()
+    state0 = (core.initial_state(batch) + 0.1 * torch.randn(batch, *core.state_shape)).requires_grad_()
+    outs, final = core(xs, state0)
+    ref_outs, ref_final = reference(xs, state0)
     torch.testing.assert_close(outs, ref_outs, atol=1e-5, rtol=0)
     torch.testing.assert_close(final, ref_final, atol=1e-5, rtol=0)
-    # Gradients of every parameter agree too. The loss is a random linear function of every output (a sum of squares
-    # of LayerNorm outputs is nearly constant, which would leave only rounding noise to compare), averaged so that
-    # gradients are O(1) and an absolute tolerance means the same for every parameter.
+    # Gradients of every parameter, of the inputs and of the initial state agree too. The loss is a random linear
+    # function of every output (a sum of squares of LayerNorm outputs is nearly constant, which would leave only
+    # rounding noise to compare), averaged so that gradients are O(1) and an absolute tolerance means the same for
+    # every parameter.
     w_out, w_final = torch.randn_like(outs), torch.randn_like(final)
-    ((outs * w_out).mean() + (final * w_final).mean()).backward()
-    ((ref_outs * w_out).mean() + (ref_final * w_final).mean()).backward()
-    for (name, p), (_, q) in zip(core.named_parameters(), reference.params.named_parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=0, msg=name)
+    grads = torch.autograd.grad(
+        (outs * w_out).mean() + (final * w_final).mean(), [xs, state0, *core.parameters()]
+    )
+    ref_grads = torch.autograd.grad(
+        (ref_outs * w_out).mean() + (ref_final * w_final).mean(), [xs, state0, *reference.params.parameters()]
+    )
+    names = ["input", "initial state"] + [name for name, _ in core.named_parameters()]
+    for name, g, r in zip(names, grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"num_blocks": 2, "input_rows": 2, "gate_style": "memory"}, {"gate_style": None}])
+def test_fused_equals_stepwise_with_lengths(kwargs):
+    """Padded batches: the fused loop's outputs and every gradient equal the step-by-step path's, in float64."""
+    core = make(**kwargs).double()
+    xs = inputs(core, batch=4, steps=6).double().requires_grad_()
+    lengths = torch.tensor([6, 1, 3, 0])
+    results = []
+    for fused in (True, False):
+        core.fused = fused
+        outs, final = core(xs, lengths=lengths)
+        torch.manual_seed(0)
+        loss = (outs * torch.randn_like(outs)).sum() + (final * torch.randn_like(final)).sum()
+        results.append([outs, final, *torch.autograd.grad(loss, [xs, *core.parameters()])])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"input_rows": 2}, {"gate_style": None}])
@@ -301,8 +321,7 @@ def test_wrong_input_shapes_say_expected_and_actual():
         core.initial_state(0)
 
 
-def test_backward_twice_with_retained_graph(monkeypatch):
-    monkeypatch.setattr(memory_module, "_DEFERRED_MAX_ROWS", 10_000)
+def test_backward_twice_with_retained_graph():
     core = make()
     outs, _ = core(inputs(core, steps=4))
     loss = outs.square().mean()
@@ -313,13 +332,43 @@ def test_backward_twice_with_retained_graph(monkeypatch):
         torch.testing.assert_close(p.grad, 2 * once[name], msg=name)
 
 
-def test_double_backward_is_refused_not_wrong(monkeypatch):
-    monkeypatch.setattr(memory_module, "_DEFERRED_MAX_ROWS", 10_000)
+def test_several_graphs_alive_at_once_keep_their_own_activations():
+    """The fused loop reuses its large buffers once a graph is freed; graphs still alive must not share them."""
+    core = make()
+    xs = [inputs(core, steps=4) for _ in range(3)]
+    losses = [core(x)[0].square().mean() for x in xs]  # three graphs alive, same shapes
+    grads = [torch.autograd.grad(loss, list(core.parameters())) for loss in reversed(losses)][::-1]
+    for x, expected in zip(xs, grads, strict=True):
+        alone = torch.autograd.grad(core(x)[0].square().mean(), list(core.parameters()))
+        for a, b in zip(alone, expected, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_double_backward_is_refused_not_wrong():
     core = make()
     outs, _ = core(inputs(core, steps=3))
     (grad,) = torch.autograd.grad(outs.square().mean(), core.blocks[0].qkv.weight, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate|not implemented"):
         grad.sum().backward()
+
+
+def test_double_backward_through_the_stepwise_path():
+    core = make()
+    core.fused = False
+    outs, _ = core(inputs(core, steps=3))
+    (grad,) = torch.autograd.grad(outs.square().mean(), core.mlp[0].weight, create_graph=True)
+    grad.square().sum().backward()  # a gradient penalty
+    assert core.mlp[0].weight.grad is not None
+
+
+def test_inference_mode_matches_training_forward():
+    core = make(num_blocks=2)
+    xs = inputs(core, steps=4)
+    outs, final = core(xs)
+    with torch.inference_mode():
+        outs2, final2 = core(xs)
+    torch.testing.assert_close(outs, outs2, atol=0, rtol=0)
+    torch.testing.assert_close(final, final2, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
