@@ -136,7 +136,8 @@ class _Saved:
         # Block 0's q/k/v projection reads the memory itself: the run's outputs serve as its saved input, unless
         # the products run in another dtype.
         self.qkv_in = [
-            None if b == 0 and cd == memory_dtype else self.take(B * plan.rows_in(b), M, cd) for b in range(nb)
+            None if b == 0 and cd == memory_dtype else self.take(B * plan.rows_in(b), M, cd)
+            for b in range(nb)
         ]
         self.qkv_pre = [self.take(B * plan.rows_in(b), F_, sd) for b in range(nb)]  # before its LayerNorm
         self.att_pre = [self.take(B * plan.rows_out(b), M, sd) for b in range(nb)]  # residual + attention
@@ -144,7 +145,8 @@ class _Saved:
         # Inputs of the MLP layers: layer 0's (the attention LayerNorm's output) per step, the others in buffers.
         self.mlp_in0: list[list[Tensor]] = [[] for _ in range(nb)]
         self.mlp_in = [
-            [None] + [self.take(B * plan.rows_out(b), M, cd) for _ in range(1, plan.mlp_layers)] for b in range(nb)
+            [None] + [self.take(B * plan.rows_out(b), M, cd) for _ in range(1, plan.mlp_layers)]
+            for b in range(nb)
         ]
         self.gate_in = self.take(B * plan.N, M, cd) if plan.G else None  # tanh(memory)
         # Per step: LayerNorm statistics, attention operands and weights, gates.
@@ -234,7 +236,11 @@ def run_forward(
             probs = torch.softmax(scores, dim=-1, dtype=sd)
             att = torch.bmm(probs.to(cd), v).view(B, H, rout, h).transpose(1, 2)  # [B, rout, H, h]
             res = residual[:, :rout].reshape(B, rout, H, h)
-            u = torch.add(res, att, out=saved.att_pre[b][t].view(B, rout, H, h)) if keep else (res + att).to(sd)
+            u = (
+                torch.add(res, att, out=saved.att_pre[b][t].view(B, rout, H, h))
+                if keep
+                else (res + att).to(sd)
+            )
             y, mean2, rstd2 = torch.native_layer_norm(u.view(B * rout, M), (M,), g2, c2, eps2)
             hid = y.to(cd)
             if keep:
@@ -257,7 +263,9 @@ def run_forward(
         new = outs[t]
         if G:
             w_g, b_g = weights.gate
-            tanh_memory = torch.tanh(memory, out=saved.gate_in[t].view(B, N, M)) if keep else torch.tanh(memory)
+            tanh_memory = (
+                torch.tanh(memory, out=saved.gate_in[t].view(B, N, M)) if keep else torch.tanh(memory)
+            )
             gates = torch.addmm(b_g, tanh_memory.view(B * N, M).to(cd), w_g.t()).view(B, N, 2 * G)
             gates = torch.add(gates, gate_steps[t].unsqueeze(1)).sigmoid_()  # stats dtype
             candidate = torch.tanh(x)
@@ -303,9 +311,10 @@ def run_backward(
     g_qkv_out = [take((T, B * plan.rows_in(b), F_), sd) for b in range(nb)]  # of the q/k/v LayerNorm
     g_qkv_pre: list[list[Tensor]] = [[] for _ in range(nb)]  # of the q/k/v projection
     g_att_out = [take((T, B * plan.rows_out(b), M), sd) for b in range(nb)]  # of the attention LayerNorm
-    g_mlp_out = [take((T, B * plan.rows_out(b), M), sd) for b in range(nb)]  # of the MLP LayerNorm (block output)
-    g_mlp_last: list[list[Tensor]] = [[] for _ in range(nb)]  # of the last MLP layer
-    g_mlp = [[take((T, B * plan.rows_out(b), M), cd) for _ in range(L - 1)] for b in range(nb)]  # of the others
+    # ... of the MLP LayerNorm (the block's output), of the last MLP layer, and of the other MLP layers.
+    g_mlp_out = [take((T, B * plan.rows_out(b), M), sd) for b in range(nb)]
+    g_mlp_last: list[list[Tensor]] = [[] for _ in range(nb)]
+    g_mlp = [[take((T, B * plan.rows_out(b), M), cd) for _ in range(L - 1)] for b in range(nb)]
     g_gates = take((T, B, N, 2 * G), sd) if G else None
 
     grad_memory = grad_state.to(sd) if grad_state is not None else None
@@ -371,7 +380,7 @@ def run_backward(
             grad_v = torch.bmm(probs.to(cd).transpose(1, 2), grad_att)  # [B*H, R, h]
             grad_scores = _softmax_backward(grad_probs.to(sd), probs, -1, sd).to(cd)
             grad_q = torch.baddbmm(one, grad_scores, key, beta=0, alpha=plan.scale)  # [B*H, rout, k]
-            grad_k = torch.baddbmm(one, grad_scores.transpose(1, 2), q, beta=0, alpha=plan.scale)  # [B*H, R, k]
+            grad_k = torch.baddbmm(one, grad_scores.transpose(1, 2), q, beta=0, alpha=plan.scale)
             if rout < R:
                 grad_q = F.pad(grad_q, (0, 0, 0, R - rout))
             grad_zh = torch.cat([grad_q, grad_k, grad_v], dim=-1).view(B, H, R, d)
@@ -424,7 +433,14 @@ def run_backward(
             mean = torch.cat([s[0] for s in saved.stats[b][i]])
             rstd = torch.cat([s[1] for s in saved.stats[b][i]])
             _, gw, gb = _layer_norm_backward(
-                g_out.view(-1, size), pre.view(-1, size), (size,), mean, rstd, norm_w, norm_b, [False, True, True]
+                g_out.view(-1, size),
+                pre.view(-1, size),
+                (size,),
+                mean,
+                rstd,
+                norm_w,
+                norm_b,
+                [False, True, True],
             )
             grads += [gw, gb]
     mlp_grads = [[None, None] for _ in range(L)]
@@ -460,7 +476,12 @@ class FusedSequence(torch.autograd.Function):
             outs = run_forward(plan, memory0, rows, qkv_rows, gate_rows, mask, weights, saved, sink)
         ctx.plan, ctx.weights, ctx.saved, ctx.mask = plan, weights, saved, mask
         ctx.dtypes = [p.dtype for p in params]
-        ctx.input_dtypes = (memory0.dtype, rows.dtype, qkv_rows.dtype, None if gate_rows is None else gate_rows.dtype)
+        ctx.input_dtypes = (
+            memory0.dtype,
+            rows.dtype,
+            qkv_rows.dtype,
+            None if gate_rows is None else gate_rows.dtype,
+        )
         ctx.save_for_backward(memory0)
         ctx.outs = outs
         ctx.set_materialize_grads(False)

@@ -375,7 +375,9 @@ class RelationalMemory(RecurrentCore):
         sink: dict = {}
         tensors = (memory, rows, qkv_in, gate_in, *params)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            memories, final = _fused.FusedSequence.apply(plan, sink, memory, rows, qkv_in, gate_in, mask, *params)
+            memories, final = _fused.FusedSequence.apply(
+                plan, sink, memory, rows, qkv_in, gate_in, mask, *params
+            )
         else:
             with torch.autocast(memory.device.type, enabled=False):
                 weights = _fused.Weights(plan, params)

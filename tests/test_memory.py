@@ -208,7 +208,9 @@ def test_equals_plain_reference(kwargs, batch, steps, fused):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=0, msg=name)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"num_blocks": 2, "input_rows": 2, "gate_style": "memory"}, {"gate_style": None}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"num_blocks": 2, "input_rows": 2, "gate_style": "memory"}, {"gate_style": None}]
+)
 def test_fused_equals_stepwise_with_lengths(kwargs):
     """Padded batches: the fused loop's outputs and every gradient equal the step-by-step path's, in float64."""
     core = make(**kwargs).double()
