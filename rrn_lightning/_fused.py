@@ -154,6 +154,14 @@ class _Saved:
         self.attention: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(nb)]
         self.gates: list[tuple[Tensor, Tensor]] = []  # sigmoid(gates) [B, N, 2G], tanh(candidate) [B, N, M]
 
+    def nbytes(self) -> int:
+        """Bytes kept for backward (the benchmark's activation-memory figure)."""
+        tensors = [b for b in self.buffers] + [x for per in self.mlp_in0 for x in per]
+        tensors += [x for per in self.attention for step in per for x in step]
+        tensors += [x for step in self.gates for x in step]
+        tensors += [x for per in self.stats for kind in per for step in kind for x in step]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def _take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         buffer = _pool.take(shape, dtype, device)
         self.buffers.append(buffer)
@@ -474,6 +482,7 @@ class FusedSequence(torch.autograd.Function):
             weights = Weights(plan, params)
             saved = _Saved(plan, rows.shape[0], rows.shape[1], memory0.device, memory0.dtype)
             outs = run_forward(plan, memory0, rows, qkv_rows, gate_rows, mask, weights, saved, sink)
+        sink["saved_bytes"] = saved.nbytes() + outs.numel() * outs.element_size()
         ctx.plan, ctx.weights, ctx.saved, ctx.mask = plan, weights, saved, mask
         ctx.dtypes = [p.dtype for p in params]
         ctx.input_dtypes = (

@@ -155,7 +155,11 @@ class RelationalMemory(RecurrentCore):
         self._update_gate_bias()
         self._scale = self.key_size**-0.5
         self.last_gates: tuple[Tensor, Tensor] | None = None
-        self.fused = True
+        # Which time loop ``forward`` runs: the fused one (one autograd node, hand-written backward) when True,
+        # step by step through autograd when False (attention weights and double backward need it), and when
+        # None the fused one for sequences of at least ``_FUSED_MIN_STEPS`` steps, where it is the faster.
+        self.fused: bool | None = None
+        self._saved_bytes = 0
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -383,6 +387,7 @@ class RelationalMemory(RecurrentCore):
                 weights = _fused.Weights(plan, params)
                 memories = _fused.run_forward(plan, memory, rows, qkv_in, gate_in, mask, weights, None, sink)
             final = memories[-1]
+        self._saved_bytes = sink.get("saved_bytes", 0)  # read by benchmarks/speed.py
         gates = sink["gates"]
         G = self.gate_size
         self._store_gates(None if gates is None else (gates[..., :G], gates[..., G:]))
@@ -439,7 +444,9 @@ class RelationalMemory(RecurrentCore):
             mask = self._length_mask(lengths, B, T, xs.device)
 
         rows, gate_in, qkv_in = self._precompute(xs)  # [B, T, n, M], [B, T, 2G], [B, T, n, F]
-        if self.fused and not return_attention and not torch.compiler.is_compiling():
+        fused = self.fused if self.fused is not None else T >= _FUSED_MIN_STEPS
+        self._saved_bytes = 0
+        if fused and not return_attention and not torch.compiler.is_compiling():
             outputs, memory = self._fused_loop(state, rows, qkv_in, gate_in, mask)
         else:
             outputs, memory, attentions = self._stepwise_loop(
@@ -450,6 +457,12 @@ class RelationalMemory(RecurrentCore):
         if return_attention:
             return outputs, memory, attentions  # attentions [B, T, blocks, H, N, N+n]
         return outputs, memory
+
+
+# The fused loop has per-sequence costs (buffers, batched weight gradients) that pay off over long sequences; on 2
+# CPU threads it was 3-30% faster than the step-by-step path at 64 and 100 steps (benchmarks/speed.py `default`,
+# `lm`) but slower at 4 and 8 (`nth`: 2.1 s vs 2.3-4.7 s per training step).
+_FUSED_MIN_STEPS = 16
 
 
 def _stat_dtype(x: Tensor) -> torch.dtype:

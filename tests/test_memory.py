@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rrn_lightning import RelationalMemory
+from rrn_lightning import memory as memory_module
 from rrn_lightning.reference import ReferenceRelationalMemory
 
 B, D = 3, 7
@@ -291,6 +292,24 @@ def train_a_few_steps(seed: int) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in core.parameters()])
 
 
+def test_default_loop_choice_by_sequence_length():
+    core = make()
+    assert core.fused is None
+    short, long = inputs(core, steps=2), inputs(core, steps=memory_module._FUSED_MIN_STEPS)
+    assert "FusedSequenceBackward" not in _graph_names(core(short)[0])
+    assert "FusedSequenceBackward" in _graph_names(core(long)[0])
+
+
+def _graph_names(tensor: torch.Tensor) -> set[str]:
+    names, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node.name() not in names:
+            names.add(node.name())
+            stack += [next_fn for next_fn, _ in node.next_functions]
+    return names
+
+
 def test_seed_makes_training_deterministic():
     assert torch.equal(train_a_few_steps(1), train_a_few_steps(1))
     assert not torch.equal(train_a_few_steps(1), train_a_few_steps(2))
@@ -323,8 +342,10 @@ def test_wrong_input_shapes_say_expected_and_actual():
         core.initial_state(0)
 
 
-def test_backward_twice_with_retained_graph():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "stepwise"])
+def test_backward_twice_with_retained_graph(fused):
     core = make()
+    core.fused = fused
     outs, _ = core(inputs(core, steps=4))
     loss = outs.square().mean()
     loss.backward(retain_graph=True)
@@ -337,6 +358,7 @@ def test_backward_twice_with_retained_graph():
 def test_several_graphs_alive_at_once_keep_their_own_activations():
     """The fused loop reuses its large buffers once a graph is freed; graphs still alive must not share them."""
     core = make()
+    core.fused = True
     xs = [inputs(core, steps=4) for _ in range(3)]
     losses = [core(x)[0].square().mean() for x in xs]  # three graphs alive, same shapes
     grads = [torch.autograd.grad(loss, list(core.parameters())) for loss in reversed(losses)][::-1]
@@ -348,6 +370,7 @@ def test_several_graphs_alive_at_once_keep_their_own_activations():
 
 def test_double_backward_is_refused_not_wrong():
     core = make()
+    core.fused = True
     outs, _ = core(inputs(core, steps=3))
     (grad,) = torch.autograd.grad(outs.square().mean(), core.blocks[0].qkv.weight, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate|not implemented"):
@@ -363,8 +386,10 @@ def test_double_backward_through_the_stepwise_path():
     assert core.mlp[0].weight.grad is not None
 
 
-def test_inference_mode_matches_training_forward():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "stepwise"])
+def test_inference_mode_matches_training_forward(fused):
     core = make(num_blocks=2)
+    core.fused = fused
     xs = inputs(core, steps=4)
     outs, final = core(xs)
     with torch.inference_mode():

@@ -1,0 +1,218 @@
+"""Word-level corpora: reading, the vocabulary, and token streams cached on disk.
+
+Tokens are ``line.split()`` plus ``<eos>`` at the end of every line (WikiText / PTB convention; CRLF line ends are
+fine). The vocabulary is built from the training split only and then frozen; words it lacks map to ``<unk>``.
+Token streams are cached as raw int32 files, memory-mapped on load, under a key made of the input files' paths,
+sizes and modification times, the vocabulary and a format version: editing a split or changing the vocabulary
+settings rebuilds them, a truncated file is detected (its size disagrees with its metadata) and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from rrn_lightning.checks import ConfigurationError
+
+__all__ = ["EOS", "UNK", "CorpusError", "Vocab", "count_words", "encode_file", "file_lock", "load_stream"]
+
+UNK, EOS = "<unk>", "<eos>"
+CACHE_FORMAT = 1
+_CHUNK_BYTES = 16 << 20  # text is encoded in pieces of about this size, to bound memory on large corpora
+
+
+class CorpusError(ConfigurationError):
+    """A corpus file is missing, empty or unreadable; the message names the file and what to do."""
+
+
+class _Lookup(dict):
+    """word -> id, with unknown words mapped to ``<unk>`` (0) inside ``map`` at C speed for known words."""
+
+    def __missing__(self, word: str) -> int:
+        return 0
+
+
+class Vocab:
+    """A frozen word <-> id mapping: ``<unk>`` is 0, ``<eos>`` is 1, then words by decreasing training frequency
+    (ties in alphabetical order, so the same corpus always gives the same ids).
+
+    Saved as plain text, one word per line in id order (``save`` / ``load``), so a trained model can be used for
+    text with nothing else at hand.
+    """
+
+    def __init__(self, words: Iterable[str]) -> None:
+        self.itos = list(words)
+        if self.itos[:2] != [UNK, EOS]:
+            raise CorpusError(f"Vocab: the first two words must be {UNK!r} and {EOS!r}, got {self.itos[:2]}.")
+        self.stoi = _Lookup((w, i) for i, w in enumerate(self.itos))
+        if len(self.stoi) != len(self.itos):
+            duplicates = [w for w, n in Counter(self.itos).items() if n > 1][:5]
+            raise CorpusError(f"Vocab: duplicate words {duplicates}.")
+
+    @classmethod
+    def build(cls, counts: Counter, min_freq: int = 1, max_size: int | None = None) -> Vocab:
+        """From word counts of the training split: words seen at least ``min_freq`` times, the ``max_size`` most
+        frequent at most (``<unk>`` and ``<eos>`` included in the size)."""
+        words = [w for w, n in counts.items() if n >= min_freq and w not in (UNK, EOS)]
+        words.sort(key=lambda w: (-counts[w], w))
+        if max_size is not None:
+            words = words[: max(0, max_size - 2)]
+        return cls([UNK, EOS, *words])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.itos == other.itos
+
+    def __repr__(self) -> str:
+        return f"Vocab({len(self)} words)"
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the words in id order: two vocabularies with the same fingerprint give the same ids."""
+        return hashlib.sha256("\n".join(self.itos).encode()).hexdigest()[:16]
+
+    def encode(self, words: Iterable[str]) -> list[int]:
+        return list(map(self.stoi.__getitem__, words))
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.itos[i] for i in ids]
+
+    def save(self, path: str | os.PathLike) -> None:
+        _atomic_write(Path(path), ("\n".join(self.itos) + "\n").encode())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocab:
+        path = Path(path)
+        if not path.is_file():
+            raise CorpusError(f"Vocab file {path} does not exist.")
+        words = path.read_text(encoding="utf-8").split("\n")
+        if words and words[-1] == "":
+            words.pop()
+        if not words:
+            raise CorpusError(f"Vocab file {path} is empty.")
+        return cls(words)
+
+
+# ---------------------------------------------------------------------------------------------- reading text
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise CorpusError(f"Corpus file {path} does not exist.")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise CorpusError(
+            f"{path}, line {line}: not valid UTF-8 (byte {data[error.start]:#04x} at offset {error.start}). "
+            "Convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8`."
+        ) from None
+    if not text.split():
+        raise CorpusError(f"Corpus file {path} is empty (no words). Every split needs text.")
+    return text
+
+
+def _pieces(text: str) -> Iterator[list[str]]:
+    """The tokens of ``text``, ``<eos>`` after every line, in lists of a bounded size."""
+    if not text.endswith("\n"):
+        text += "\n"
+    start = 0
+    while start < len(text):
+        end = text.find("\n", min(start + _CHUNK_BYTES, len(text) - 1)) + 1  # cut after a line end
+        yield text[start:end].replace("\n", f" {EOS} ").split()
+        start = end
+
+
+def count_words(path: Path) -> Counter:
+    """Word counts of one file (``<eos>`` included)."""
+    counts: Counter = Counter()
+    for tokens in _pieces(_read_text(path)):
+        counts.update(tokens)
+    return counts
+
+
+def _encode(path: Path, vocab: Vocab) -> array:
+    ids = array("i")
+    for tokens in _pieces(_read_text(path)):
+        ids.extend(map(vocab.stoi.__getitem__, tokens))
+    return ids
+
+
+def encode_file(path: Path, vocab: Vocab) -> Tensor:
+    """The token ids of one file, int32 [num_tokens]."""
+    return torch.frombuffer(_encode(path, vocab), dtype=torch.int32)
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+def file_key(*paths: Path, **settings) -> str:
+    """A key that changes when any file changes (path, size, modification time) or any setting does."""
+    parts = {"format": CACHE_FORMAT, "settings": settings, "files": []}
+    for path in paths:
+        stat = path.stat()
+        parts["files"].append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` is either absent or complete, never half written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_stream(path: Path, vocab: Vocab, cache_dir: Path) -> Tensor:
+    """The token ids of ``path`` (int32 [num_tokens]), from the cache when it is valid, else encoded and cached.
+
+    The cached array is memory-mapped: loading costs no reading, whatever the size.
+    """
+    key = file_key(path, vocab=vocab.fingerprint)
+    data, meta = cache_dir / f"{path.stem}-{key}.int32", cache_dir / f"{path.stem}-{key}.json"
+    if meta.is_file() and data.is_file():
+        try:
+            count = json.loads(meta.read_text())["tokens"]
+        except (ValueError, KeyError):
+            count = -1
+        if count > 0 and data.stat().st_size == 4 * count:
+            return torch.from_file(str(data), shared=False, size=count, dtype=torch.int32)
+    ids = _encode(path, vocab)
+    meta.unlink(missing_ok=True)
+    _atomic_write(data, ids.tobytes())
+    _atomic_write(
+        meta, json.dumps({"tokens": len(ids), "source": str(path), "vocab": vocab.fingerprint}).encode()
+    )
+    return torch.frombuffer(ids, dtype=torch.int32)
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on ``path`` across processes (DDP ranks preparing the same corpus), POSIX ``flock``;
+    where that is missing (Windows) no lock is taken and the atomic writes alone keep files whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
