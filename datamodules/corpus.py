@@ -200,10 +200,22 @@ def load_stream(path: Path, vocab: Vocab, cache_dir: Path) -> Tensor:
     return torch.frombuffer(ids, dtype=torch.int32)
 
 
+_held: dict[str, int] = {}  # locks this process holds, with their nesting depth
+
+
 @contextmanager
 def file_lock(path: Path):
-    """An exclusive lock on ``path`` across processes (DDP ranks preparing the same corpus), POSIX ``flock``;
-    where that is missing (Windows) no lock is taken and the atomic writes alone keep files whole."""
+    """An exclusive lock on ``path`` across processes (DDP ranks preparing the same corpus), POSIX ``flock``,
+    re-entrant within a process; where ``flock`` is missing (Windows) no lock is taken and the atomic writes alone
+    keep files whole."""
+    key = str(path.resolve())
+    if _held.get(key):
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
@@ -212,7 +224,9 @@ def file_lock(path: Path):
         return
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        _held[key] = 1
         try:
             yield
         finally:
+            _held[key] = 0
             fcntl.flock(handle, fcntl.LOCK_UN)

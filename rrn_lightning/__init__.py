@@ -9,7 +9,7 @@ from .memory import RelationalMemory
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTMCore", "RecurrentCore", "RelationalMemory", "SequenceClassifier"]
+__all__ = ["LSTMCore", "LanguageModel", "RecurrentCore", "RelationalMemory", "SequenceClassifier"]
 
 
 def __getattr__(name: str):
@@ -18,4 +18,8 @@ def __getattr__(name: str):
         from .classifier import SequenceClassifier
 
         return SequenceClassifier
+    if name == "LanguageModel":
+        from .language_model import LanguageModel
+
+        return LanguageModel
     raise AttributeError(f"module 'rrn_lightning' has no attribute {name!r}")

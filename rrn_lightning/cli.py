@@ -10,6 +10,7 @@ config file (``--run_name`` to choose), with checkpoints beside the event files.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,7 @@ DESCRIPTION = """\
 rrn: train and evaluate relational recurrent networks (the Relational Memory Core of Santoro et al., 2018)
 and LSTM baselines. Configs for every task and core live in experiments/; start with
 `rrn fit --config experiments/nth_farthest/rmc_cpu.yaml`, and see `rrn fit --help` for every option.
+`rrn generate --checkpoint PATH --prompt "..."` samples text from a language model's checkpoint.
 """
 
 
@@ -53,10 +55,13 @@ class RRNCLI(LightningCLI):
             }
         )
         # Sizes that only the data knows, stated once: the data module computes them, the model receives them.
+        # A link whose source the chosen data module lacks is skipped (jsonargparse), so each task family has its
+        # own: classification data has input_size and num_classes, language-modelling data has vocab_size.
         parser.link_arguments(
             "data.input_size", "model.init_args.core.init_args.input_size", apply_on="instantiate"
         )
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
 
     def instantiate_classes(self) -> None:
         try:
@@ -69,6 +74,15 @@ class RRNCLI(LightningCLI):
             if cause is None:
                 raise
             self.parser.exit(2, f"rrn: error: invalid configuration: {cause}\n")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except ValueError as error:  # e.g. a checkpoint trained on another vocabulary
+            cause = _find_configuration_error(error)
+            if cause is None:
+                raise
+            self.parser.exit(2, f"rrn: error: {cause}\n")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -114,7 +128,11 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> RRNCLI:
 
 
 def main() -> None:
-    """The ``rrn`` console script (LightningCLI reads ``sys.argv`` itself)."""
+    """The ``rrn`` console script (LightningCLI reads ``sys.argv`` itself; ``rrn generate`` is ours)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "generate":
+        from .generate import main as generate_main
+
+        sys.exit(generate_main(sys.argv[2:]))
     cli_main()
 
 

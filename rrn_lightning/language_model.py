@@ -1,0 +1,353 @@
+"""Word-level language modelling: embedding, a recurrent core carried across BPTT windows, softmax output."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from .checks import ConfigurationError, check_positive_ints
+from .core import RecurrentCore
+from .hparams import save_config_hyperparameters
+
+__all__ = ["LanguageModel", "TokenNLL"]
+
+IGNORE_INDEX = -100
+
+
+class TokenNLL(Metric):
+    """Mean negative log-likelihood per token over everything seen: sum of NLL / number of tokens, summed over
+    DDP ranks before the division (so it is exact, whatever each rank saw). ``exp=True`` gives perplexity."""
+
+    full_state_update = False
+
+    def __init__(self, exp: bool = False) -> None:
+        super().__init__()
+        self.exp = exp
+        self.add_state("nll", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, nll_sum: Tensor, tokens: Tensor | int) -> None:
+        self.nll += nll_sum.detach().to(torch.float64)
+        self.tokens += tokens
+
+    def compute(self) -> Tensor:
+        mean = self.nll / self.tokens.clamp(min=1)
+        return mean.exp() if self.exp else mean
+
+
+def _detach(state: Any) -> Any:
+    if isinstance(state, Tensor):
+        return state.detach()
+    return type(state)(_detach(s) for s in state)
+
+
+def _state_batch(state: Any) -> int:
+    """Batch size of a core state: [B, ...] for the RMC, a (h, c) pair of [layers, B, H] for the LSTM."""
+    return state.shape[0] if isinstance(state, Tensor) else state[0].shape[1]
+
+
+def _record_input_size(config: Any, input_size: int) -> None:
+    """Under the CLI the core's config may lack ``input_size`` (a link target, left out of the saved config when
+    the link does not apply); record it so that ``load_from_checkpoint`` can rebuild the core."""
+    init_args = getattr(config, "init_args", None) if config is not None else None
+    if init_args is None and isinstance(config, dict):
+        init_args = config.get("init_args")
+    if init_args is not None and init_args.get("input_size") is None:
+        init_args["input_size"] = input_size
+
+
+class LanguageModel(LightningModule):
+    """A word-level language model: embedding (+ dropout), a recurrent core, dropout, softmax over the vocabulary.
+
+    Batches are ``(inputs, targets)``, int64 ``[B, T]`` windows of B contiguous streams (``WordLMDataModule``);
+    targets of ``-100`` (padding) are ignored. The core's state is carried from one window to the next (detached:
+    truncated backpropagation through time), with one carried state for training and separate ones for
+    validation and test, each reset when its epoch starts. Logs ``{train,val,test}/loss`` (mean NLL per token, in
+    nats) and ``{val,test}/ppl`` = exp(sum of NLL / number of tokens) over the whole split, exact under DDP.
+
+    Args:
+        core: The recurrent core; its ``input_size`` is the embedding size.
+        vocab_size: Number of words (linked from the data by the ``rrn`` CLI).
+        dropout: Dropout on the embeddings and on the core's outputs.
+        tie_weights: Share the embedding matrix with the output layer (Press & Wolf 2017; Inan et al. 2017); when
+            the core's output size differs from the embedding size, a Linear projection maps one to the other.
+            Only with the full softmax: the adaptive softmax has per-cluster projections of other shapes.
+        adaptive_softmax_cutoffs: Use ``torch.nn.AdaptiveLogSoftmaxWithLoss`` with these cutoffs (increasing,
+            below ``vocab_size``; ids are sorted by frequency by our vocabulary, as it requires), e.g.
+            ``[20000, 60000]`` for WikiText-103; ``None`` (default) for the full softmax.
+        adaptive_softmax_div_value: Size ratio between successive clusters' projections.
+        init_range: When set, every parameter is drawn uniform in ``[-init_range, init_range]`` (Zaremba et al.
+            2014 use 0.1); otherwise each layer keeps its own initialisation.
+        optimizer: Optimizer factory (``class_path: torch.optim.SGD`` in YAML).
+        lr_scheduler: Optional LR scheduler factory, stepped every epoch (``ReduceLROnPlateau`` watches
+            ``val/loss``).
+    """
+
+    def __init__(
+        self,
+        core: RecurrentCore,
+        vocab_size: int,
+        dropout: float = 0.0,
+        tie_weights: bool = False,
+        adaptive_softmax_cutoffs: list[int] | None = None,
+        adaptive_softmax_div_value: float = 4.0,
+        init_range: float | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_positive_ints(name, vocab_size=vocab_size)
+        if not isinstance(core, RecurrentCore):
+            raise ConfigurationError(
+                f"{name}: core must be a RecurrentCore (RelationalMemory, LSTMCore or a subclass of "
+                f"rrn_lightning.RecurrentCore), got core={type(core).__name__}."
+            )
+        if getattr(core, "input_rows", 1) != 1:
+            raise ConfigurationError(
+                f"{name}: the core must read one row per step, got input_rows={core.input_rows}."
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigurationError(f"{name}: dropout must lie in [0, 1), got dropout={dropout!r}.")
+        if init_range is not None and not init_range > 0:
+            raise ConfigurationError(
+                f"{name}: init_range must be positive or None, got init_range={init_range!r}."
+            )
+        if adaptive_softmax_cutoffs is not None:
+            cutoffs = list(adaptive_softmax_cutoffs)
+            if (
+                not cutoffs
+                or any(not isinstance(c, int) or c <= 0 for c in cutoffs)
+                or cutoffs != sorted(set(cutoffs))
+                or cutoffs[-1] >= vocab_size
+            ):
+                raise ConfigurationError(
+                    f"{name}: adaptive_softmax_cutoffs must be increasing positive integers below "
+                    f"vocab_size={vocab_size}, got adaptive_softmax_cutoffs={adaptive_softmax_cutoffs!r}."
+                )
+            if tie_weights:
+                raise ConfigurationError(
+                    f"{name}: tie_weights applies to the full softmax only; the adaptive softmax's clusters have "
+                    "projections of other shapes. Set tie_weights: false or adaptive_softmax_cutoffs: null."
+                )
+        save_config_hyperparameters(self)
+        _record_input_size(self.hparams.get("core"), core.input_size)
+        self.core = core
+        self.vocab_size = vocab_size
+        embedding_size, output_size = core.input_size, core.output_size
+        self.embedding = nn.Embedding(vocab_size, embedding_size)
+        self.dropout = nn.Dropout(dropout)
+        self.projection: nn.Linear | None = None
+        self.decoder: nn.Linear | None = None
+        self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
+        if adaptive_softmax_cutoffs is not None:
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(
+                output_size, vocab_size, list(adaptive_softmax_cutoffs), div_value=adaptive_softmax_div_value
+            )
+        elif tie_weights:
+            if output_size != embedding_size:
+                self.projection = nn.Linear(output_size, embedding_size)
+            self.decoder = nn.Linear(embedding_size, vocab_size)
+            self.decoder.weight = self.embedding.weight
+        else:
+            self.decoder = nn.Linear(output_size, vocab_size)
+        if init_range is not None:
+            for p in self.parameters():
+                nn.init.uniform_(p, -init_range, init_range)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{kind}": TokenNLL(exp=kind == "ppl")
+                for stage in ("val", "test")
+                for kind in ("loss", "ppl")
+            }
+        )
+        self._states: dict[str, Any] = {}  # the carried core state, per stage
+        self.vocab_words: list[str] | None = None  # the vocabulary, stored in checkpoints
+
+    # -------------------------------------------------------------- the model
+    def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """tokens [B, T] -> hidden [B, T, F] (the input of the output layer) and the core's final state."""
+        x = self.dropout(self.embedding(tokens))
+        outputs, state = self.core(x, state)
+        hidden = self.dropout(outputs)
+        if self.projection is not None:
+            hidden = self.projection(hidden)
+        return hidden, state
+
+    def log_probs(self, hidden: Tensor) -> Tensor:
+        """hidden [..., F] -> log-probabilities over the vocabulary [..., V] (float32)."""
+        if self.adaptive is not None:
+            flat = hidden.reshape(-1, hidden.shape[-1]).float()
+            return self.adaptive.log_prob(flat).view(*hidden.shape[:-1], self.vocab_size)
+        return torch.log_softmax(self.decoder(hidden).float(), dim=-1)
+
+    def nll(self, hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Sum of the targets' negative log-likelihoods and the number of real (not padding) targets."""
+        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+        flat_targets = targets.reshape(-1)
+        keep = flat_targets != IGNORE_INDEX
+        count = keep.sum()
+        if self.adaptive is not None:
+            if not bool(keep.all()):
+                flat_hidden, flat_targets = flat_hidden[keep], flat_targets[keep]
+            if flat_targets.numel() == 0:
+                return flat_hidden.sum() * 0.0, count
+            out = self.adaptive(flat_hidden.float(), flat_targets)
+            return -out.output.sum(), count
+        logits = self.decoder(flat_hidden).float()
+        return F.cross_entropy(logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum"), count
+
+    # -------------------------------------------------------------- steps
+    def _carried(self, stage: str, batch_size: int) -> Any:
+        state = self._states.get(stage)
+        if state is None or _state_batch(state) != batch_size:
+            return None
+        return _detach(state)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        inputs, targets = batch
+        hidden, state = self(inputs, self._carried(stage, inputs.shape[0]))
+        self._states[stage] = _detach(state)
+        nll_sum, count = self.nll(hidden, targets)
+        loss = nll_sum / count.clamp(min=1)
+        if self._trainer is None:  # called outside a Trainer
+            return loss
+        if stage == "train":
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(count))
+        else:
+            for kind in ("loss", "ppl"):
+                metric = self.metrics[f"{stage}_{kind}"]
+                metric.update(nll_sum, count)
+                self.log(f"{stage}/{kind}", metric, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def on_train_epoch_start(self) -> None:
+        self._states.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._states.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._states.pop("test", None)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+    # -------------------------------------------------------------- the vocabulary
+    def _data_vocab(self) -> list[str] | None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        vocab = getattr(datamodule, "vocab", None)
+        return None if vocab is None else list(vocab.itos)
+
+    def _check_vocab(self, words: list[str] | None, where: str) -> None:
+        data = self._data_vocab()
+        if words is not None and data is not None and words != data:
+            raise ConfigurationError(
+                f"LanguageModel: {where} was trained with a different vocabulary ({len(words)} words) than the "
+                f"data's ({len(data)} words, same settings needed: corpus, min_freq, max_size). Use the corpus and "
+                "settings of the training run."
+            )
+
+    def _adopt_vocab(self) -> None:
+        data = self._data_vocab()
+        if self.vocab_words is None:
+            self.vocab_words = data
+        else:
+            self._check_vocab(self.vocab_words, "this model")
+
+    def on_fit_start(self) -> None:
+        self._adopt_vocab()
+        self._write_vocab()
+
+    def on_validation_start(self) -> None:
+        self._adopt_vocab()
+
+    def on_test_start(self) -> None:
+        self._adopt_vocab()
+
+    @rank_zero_only
+    def _write_vocab(self) -> None:
+        """vocab.txt beside the checkpoints (one word per line, in id order)."""
+        log_dir = self.trainer.log_dir
+        if self.vocab_words is not None and log_dir is not None:
+            path = Path(log_dir) / "vocab.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(self.vocab_words) + "\n", encoding="utf-8")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.vocab_words is not None:
+            checkpoint["vocab"] = list(self.vocab_words)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        words = checkpoint.get("vocab")
+        if words is not None and len(words) != self.vocab_size:
+            raise ConfigurationError(
+                f"LanguageModel: the checkpoint's vocabulary has {len(words)} words but this model was built for "
+                f"vocab_size={self.vocab_size}: the data's vocabulary differs from the training run's. Use the "
+                "corpus and settings (min_freq, max_size) of the training run."
+            )
+        if words is not None and self._trainer is not None:
+            self._check_vocab(list(words), "the checkpoint")
+        self.vocab_words = None if words is None else list(words)
+
+    # -------------------------------------------------------------- text
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: list[int],
+        length: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[int]:
+        """Sample ``length`` token ids after ``prompt`` (ids; the model reads ``<eos>`` first, as at a sentence
+        start). ``temperature`` divides the log-probabilities; ``top_k`` keeps the k most likely words."""
+        if not temperature > 0:
+            raise ConfigurationError(
+                f"generate: temperature must be positive, got temperature={temperature!r}."
+            )
+        if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+            raise ConfigurationError(
+                f"generate: top_k must be a positive integer or None, got top_k={top_k!r}."
+            )
+        was_training = self.training
+        self.eval()
+        device = self.embedding.weight.device
+        tokens = torch.tensor([[1, *prompt]], device=device)  # 1 = <eos>
+        hidden, state = self(tokens)
+        out: list[int] = []
+        for _ in range(length):
+            scores = self.log_probs(hidden[:, -1]) / temperature  # [1, V]
+            if top_k is not None and top_k < scores.shape[-1]:
+                kth = scores.topk(top_k, dim=-1).values[:, -1:]
+                scores = scores.masked_fill(scores < kth, -math.inf)
+            probs = torch.softmax(scores, dim=-1)
+            token = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)  # [1, 1]
+            out.append(int(token))
+            hidden, state = self(token, state)
+        self.train(was_training)
+        return out
