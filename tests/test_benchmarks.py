@@ -38,3 +38,16 @@ def test_speed_benchmark_smoke():
     assert "rmc/fp32/train vs reference/fp32" in preset["ratios"]
     assert abs(preset["lstm_params"] - preset["rmc_params"]) / preset["rmc_params"] < 0.01
     assert report["mm_1024_fp32_gflops"] > 0
+
+
+def test_corpus_speed_benchmark_smoke():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "corpus_speed.py"), "--tokens", "20000", "--vocab", "500"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["tokens"] == 20000 + 1000  # 20 words per line plus one <eos> each
+    assert report["encode_tokens_per_s"] > 0 and report["cached_load_s"] >= 0

