@@ -9,7 +9,7 @@ from .memory import RelationalMemory
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTMCore", "LanguageModel", "RecurrentCore", "RelationalMemory", "SequenceClassifier"]
+__all__ = ["LSTMCore", "LanguageModel", "RecurrentCore", "RelationalMemory", "Seq2Seq", "SequenceClassifier"]
 
 
 def __getattr__(name: str):
@@ -18,6 +18,10 @@ def __getattr__(name: str):
         from .classifier import SequenceClassifier
 
         return SequenceClassifier
+    if name == "Seq2Seq":
+        from .seq2seq import Seq2Seq
+
+        return Seq2Seq
     if name == "LanguageModel":
         from .language_model import LanguageModel
 

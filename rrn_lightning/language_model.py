@@ -16,7 +16,7 @@ from torchmetrics import Metric
 
 from .checks import ConfigurationError, check_positive_ints
 from .core import RecurrentCore
-from .hparams import save_config_hyperparameters
+from .hparams import resolve_factory, save_config_hyperparameters
 
 __all__ = ["LanguageModel", "TokenNLL"]
 
@@ -251,10 +251,10 @@ class LanguageModel(LightningModule):
         self._states.pop("test", None)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = resolve_factory(self.optimizer_factory)(self.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
+        scheduler = resolve_factory(self.lr_scheduler_factory)(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
 
     # -------------------------------------------------------------- the vocabulary

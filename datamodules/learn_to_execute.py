@@ -1,0 +1,359 @@
+"""Learning to Execute (Zaremba & Sutskever 2014) with its curricula, and the batches of sequence-to-sequence tasks.
+
+A batch is ``(inputs, input_lengths, targets, target_lengths)``: ``inputs`` float ``[B, T_in, D]`` (one-hot
+characters here), ``input_lengths`` ``[B]``, ``targets`` int64 ``[B, T_out]`` padded with -100, ``target_lengths``
+``[B]``. Worked example, ``addition`` with length 2 (characters one-hot over the vocabulary below)::
+
+    program  print((41+73))<eos>        input_lengths 16
+    target   114<eos>                    target_lengths 4, as ids [5, 5, 8, 1] (+ -100 padding in the batch)
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from rrn_lightning.checks import ConfigurationError, check_positive_ints
+
+from .nth_farthest import stream_seed
+from .programs import TASKS, generate
+
+__all__ = ["CHARS", "Curriculum", "CurriculumCallback", "LearnToExecuteDataModule", "encode_batch"]
+
+IGNORE_INDEX = -100
+PAD, EOS = 0, 1
+CHARS = "0123456789abcdefghijklmnopqrstuvwxyz+-*=():<> \n"
+VOCAB = ["<pad>", "<eos>", *CHARS]
+_INDEX = {c: i + 2 for i, c in enumerate(CHARS)}
+CURRICULA = ("baseline", "naive", "mix", "combined")
+
+
+def encode_batch(pairs: list[tuple[str, str]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(source, target) strings -> one-hot inputs, input lengths, target ids (padded with -100), target lengths;
+    both sequences end with ``<eos>``."""
+    sources = [[_INDEX[c] for c in s] + [EOS] for s, _ in pairs]
+    targets = [[_INDEX[c] for c in t] + [EOS] for _, t in pairs]
+    B, t_in, t_out = len(pairs), max(map(len, sources)), max(map(len, targets))
+    ids = torch.full((B, t_in), PAD, dtype=torch.long)
+    out = torch.full((B, t_out), IGNORE_INDEX, dtype=torch.long)
+    for i, (s, t) in enumerate(zip(sources, targets, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        out[i, : len(t)] = torch.tensor(t)
+    inputs = F.one_hot(ids, len(VOCAB)).float()
+    inputs[ids == PAD] = 0.0  # padding reads as zeros
+    lengths = torch.tensor([len(s) for s in sources])
+    return inputs, lengths, out, torch.tensor([len(t) for t in targets])
+
+
+def decode(ids: list[int]) -> str:
+    """Output ids -> text, up to the first ``<eos>``."""
+    chars = []
+    for i in ids:
+        if i == EOS:
+            break
+        chars.append(VOCAB[i] if i >= 2 else "")
+    return "".join(chars)
+
+
+class Curriculum:
+    """Which (length, nesting) each training example gets (Zaremba & Sutskever 2014, section 4).
+
+    - ``baseline``: every example at the target level (a, b);
+    - ``naive``: start at (1, 1); each time the loss at the current level stops improving, raise the length by
+      one up to a, then the nesting by one with the length back to 1;
+    - ``mix``: each example's length uniform in 1..a and nesting uniform in 1..b;
+    - ``combined``: each example from ``naive``'s current level or from ``mix``, with equal probability.
+
+    "Stops improving": over the last ``window`` evaluations at the current level, the loss fell by less than
+    ``threshold`` times its mean. The current level lives in a shared-memory tensor, so data-loader workers see
+    every change; under DDP the callback decides on rank 0 and broadcasts.
+    """
+
+    def __init__(
+        self, kind: str, length: int, nesting: int, threshold: float = 0.05, window: int = 5
+    ) -> None:
+        if kind not in CURRICULA:
+            raise ConfigurationError(
+                f"curriculum must be one of {', '.join(CURRICULA)}, got curriculum={kind!r}."
+            )
+        self.kind, self.length, self.nesting = kind, length, nesting
+        self.threshold, self.window = threshold, window
+        start = (length, nesting) if kind in ("baseline", "mix") else (1, 1)
+        self.level = torch.tensor(start, dtype=torch.long).share_memory_()
+        self.losses: deque[float] = deque(maxlen=window)
+
+    @property
+    def current(self) -> tuple[int, int]:
+        return int(self.level[0]), int(self.level[1])
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the level moves (``naive`` and ``combined``)."""
+        return self.kind in ("naive", "combined")
+
+    def sample(self, rng: random.Random) -> tuple[int, int]:
+        mix = (rng.randint(1, self.length), rng.randint(1, self.nesting))
+        if self.kind == "mix" or (self.kind == "combined" and rng.random() < 0.5):
+            return mix
+        return self.current
+
+    def update(self, loss: float) -> bool:
+        """Record the held-out loss at the current level; raise the level after a plateau. True if it changed."""
+        if not self.adaptive or self.current == (self.length, self.nesting):
+            return False
+        self.losses.append(float(loss))
+        if len(self.losses) < self.window:
+            return False
+        mean = sum(self.losses) / len(self.losses)
+        if (self.losses[0] - self.losses[-1]) >= self.threshold * mean:
+            return False
+        length, nesting = self.current
+        if length < self.length:
+            length += 1
+        else:
+            length, nesting = 1, nesting + 1
+        self.set_level(length, nesting)
+        return True
+
+    def set_level(self, length: int, nesting: int) -> None:
+        self.level[0], self.level[1] = length, nesting
+        self.losses.clear()
+
+    def state_dict(self) -> dict:
+        return {"level": self.current, "losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_level(*state["level"])
+        self.losses.extend(state["losses"])
+
+
+class _TrainBatches(IterableDataset):
+    """Fresh training batches at the curriculum's levels, seeded by (seed, rank, epoch, worker)."""
+
+    def __init__(self, dm: LearnToExecuteDataModule) -> None:
+        self.dm = dm
+        self.iterations = 0
+
+    def __len__(self) -> int:
+        return self.dm.batches_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        dm = self.dm
+        trainer = dm.trainer
+        rank, epoch = (
+            (trainer.global_rank, trainer.current_epoch) if trainer is not None else (0, self.iterations)
+        )
+        self.iterations += 1
+        worker = get_worker_info()
+        wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        rng = random.Random(stream_seed(dm.train_seed, rank, epoch, wid))
+        for _ in range(wid, dm.batches_per_epoch, workers):
+            yield dm.make_batch(dm.batch_size, rng, dm.curriculum)
+
+
+class LearnToExecuteDataModule(LightningDataModule):
+    """Learning to Execute: read a program character by character, output what it prints.
+
+    See ``datamodules/programs.py`` for the program families and a worked example, and ``encode_batch`` above for
+    the encoding. Validation and test are always at the target level (``length``, ``nesting``), fixed by their
+    seeds, as the paper evaluates; training follows the curriculum (its level logged and checkpointed by
+    ``CurriculumCallback``, which ``naive`` and ``combined`` need in ``trainer.callbacks``).
+
+    Args:
+        task: ``addition``, ``control``, ``program``, ``copy``, ``reverse`` or ``double``.
+        length: Digits of the literals at the target level (a).
+        nesting: Nesting of operations at the target level (b); ignored by ``addition`` and memorisation tasks.
+        curriculum: ``baseline``, ``naive``, ``mix`` or ``combined``.
+        curriculum_threshold: Relative loss improvement over the window below which ``naive`` moves on.
+        curriculum_window: Evaluations per window.
+        batch_size: Examples per batch (per device).
+        batches_per_epoch: Training batches in one epoch.
+        val_size, test_size: Examples in the fixed evaluation sets.
+        num_workers: Data-loader workers generating training batches (0: in the main process).
+        train_seed, val_seed, test_seed: Seeds.
+    """
+
+    def __init__(
+        self,
+        task: str = "addition",
+        length: int = 5,
+        nesting: int = 2,
+        curriculum: str = "mix",
+        curriculum_threshold: float = 0.05,
+        curriculum_window: int = 5,
+        batch_size: int = 128,
+        batches_per_epoch: int = 100,
+        val_size: int = 1024,
+        test_size: int = 2048,
+        num_workers: int = 0,
+        train_seed: int = 0,
+        val_seed: int = 1,
+        test_seed: int = 2,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if task not in TASKS:
+            raise ConfigurationError(f"{name}: task must be one of {', '.join(TASKS)}, got task={task!r}.")
+        check_positive_ints(
+            name,
+            length=length,
+            nesting=nesting,
+            batch_size=batch_size,
+            batches_per_epoch=batches_per_epoch,
+            val_size=val_size,
+            test_size=test_size,
+            curriculum_window=curriculum_window,
+        )
+        if length > 12:
+            raise ConfigurationError(
+                f"{name}: length is the digits per literal, at most 12, got length={length}."
+            )
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigurationError(
+                f"{name}: num_workers must be 0 or more, got num_workers={num_workers!r}."
+            )
+        self.save_hyperparameters()
+        self.task, self.length, self.nesting = task, length, nesting
+        self.curriculum = Curriculum(curriculum, length, nesting, curriculum_threshold, curriculum_window)
+        self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
+        self.val_size, self.test_size, self.num_workers = val_size, test_size, num_workers
+        self.train_seed, self.val_seed, self.test_seed = train_seed, val_seed, test_seed
+        self._train: _TrainBatches | None = None
+        self._eval: dict[str, list[tuple[Tensor, ...]]] = {}
+
+    @property
+    def input_size(self) -> int:
+        """One-hot width: the characters plus ``<pad>`` and ``<eos>``."""
+        return len(VOCAB)
+
+    @property
+    def num_classes(self) -> int:
+        return len(VOCAB)
+
+    def make_batch(self, size: int, rng: random.Random, curriculum: Curriculum | None) -> tuple[Tensor, ...]:
+        """A batch whose examples' levels come from ``curriculum`` (the target level when None)."""
+        pairs = []
+        for _ in range(size):
+            length, nesting = (
+                curriculum.sample(rng) if curriculum is not None else (self.length, self.nesting)
+            )
+            sample = generate(self.task, length, nesting, rng)
+            pairs.append((sample.source, sample.target))
+        return encode_batch(pairs)
+
+    def level_batch(self, size: int, seed: int) -> tuple[Tensor, ...]:
+        """A held-out batch at the curriculum's current level (for the plateau test), fixed by ``seed``."""
+        length, nesting = self.curriculum.current
+        rng = random.Random(stream_seed(seed, length, nesting))
+        pairs = [
+            (s.source, s.target) for s in (generate(self.task, length, nesting, rng) for _ in range(size))
+        ]
+        return encode_batch(pairs)
+
+    def setup(self, stage: str | None = None) -> None:
+        trainer = self.trainer
+        if stage == "fit" and self.curriculum.adaptive and trainer is not None:
+            if not any(isinstance(c, CurriculumCallback) for c in trainer.callbacks):
+                raise ConfigurationError(
+                    f"LearnToExecuteDataModule: curriculum={self.curriculum.kind!r} raises the level from held-out "
+                    "losses, which CurriculumCallback measures: add `- class_path: datamodules.CurriculumCallback` "
+                    "under trainer.callbacks."
+                )
+
+    def _eval_batches(self, split: str) -> list[tuple[Tensor, ...]]:
+        if split not in self._eval:
+            size, seed = (
+                (self.val_size, self.val_seed) if split == "val" else (self.test_size, self.test_seed)
+            )
+            rng = random.Random(seed)
+            self._eval[split] = [
+                self.make_batch(min(self.batch_size, size - start), rng, None)
+                for start in range(0, size, self.batch_size)
+            ]
+        return self._eval[split]
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train is None:
+            self._train = _TrainBatches(self)
+        return DataLoader(self._train, batch_size=None, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._eval_batches("val"), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self._eval_batches("test"), batch_size=None)
+
+
+class CurriculumCallback(Callback):
+    """Moves a ``naive`` or ``combined`` curriculum: every ``every_n_steps`` training steps it measures the model's
+    loss on a held-out batch at the current level and updates the curriculum; logs ``curriculum/length`` and
+    ``curriculum/nesting``; stores the level in checkpoints. Under DDP rank 0 decides and broadcasts the level, so
+    every rank (and every data-loader worker) trains at the same one.
+
+    Args:
+        every_n_steps: Training steps between evaluations.
+        batch_size: Examples in the held-out batch.
+        seed: Seeds the held-out batch of each level.
+    """
+
+    def __init__(self, every_n_steps: int = 100, batch_size: int = 256, seed: int = 12345) -> None:
+        super().__init__()
+        check_positive_ints(type(self).__name__, every_n_steps=every_n_steps, batch_size=batch_size)
+        self.every_n_steps, self.batch_size, self.seed = every_n_steps, batch_size, seed
+        self._pending: dict | None = None
+
+    @staticmethod
+    def _datamodule(trainer: Trainer) -> LearnToExecuteDataModule:
+        dm = trainer.datamodule
+        if not isinstance(dm, LearnToExecuteDataModule):
+            raise ConfigurationError("CurriculumCallback needs a LearnToExecuteDataModule as the data.")
+        return dm
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._pending is not None:  # restored from a checkpoint
+            self._datamodule(trainer).curriculum.load_state_dict(self._pending)
+            self._pending = None
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        dm = self._datamodule(trainer)
+        curriculum = dm.curriculum
+        if curriculum.adaptive and trainer.global_step % self.every_n_steps == 0:
+            held_out = dm.level_batch(self.batch_size, self.seed)
+            held_out = tuple(t.to(pl_module.device) for t in held_out)
+            was_training = pl_module.training
+            pl_module.eval()
+            with torch.no_grad():
+                loss = float(pl_module.batch_loss(held_out))
+            pl_module.train(was_training)
+            if trainer.is_global_zero:
+                curriculum.update(loss)
+            level = trainer.strategy.broadcast(curriculum.current, src=0)
+            if tuple(level) != curriculum.current:
+                curriculum.set_level(*level)
+        length, nesting = curriculum.current
+        pl_module.log("curriculum/length", float(length), on_step=True, on_epoch=False)
+        pl_module.log("curriculum/nesting", float(nesting), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict:
+        dm = self._dm_ref
+        return dm.curriculum.state_dict() if dm is not None else {}
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._dm_ref = (
+            trainer.datamodule if isinstance(trainer.datamodule, LearnToExecuteDataModule) else None
+        )
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            self._pending = dict(state_dict)
+
+    _dm_ref: LearnToExecuteDataModule | None = None

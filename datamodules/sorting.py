@@ -1,0 +1,156 @@
+"""Sorting: read T numbers, output them in ascending order (or the indices that sort them).
+
+Batches are those of the sequence-to-sequence tasks (see ``learn_to_execute.py``):
+``(inputs [B, T, D], input_lengths [B], targets [B, T], target_lengths [B])``. Worked example, integers from
+``range(0, 10)``, T = 4::
+
+    numbers   7 2 9 2          inputs: one-hot rows of width 10 (reals: one feature, the value itself)
+    values    2 2 7 9          targets with target="values" (classes 0..9)
+    indices   1 3 0 2          targets with target="indices" (classes 0..T-1; ties keep their input order)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from rrn_lightning.checks import ConfigurationError, check_positive_ints
+
+from .nth_farthest import stream_seed
+
+__all__ = ["SortingDataModule", "make_sorting"]
+
+
+def make_sorting(
+    size: int, length: int, numbers: str, low: float, high: float, target: str, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``size`` sorting problems as a sequence-to-sequence batch (see the module docstring)."""
+    if numbers == "int":
+        values = torch.randint(int(low), int(high), (size, length), generator=generator)
+        inputs = F.one_hot(values - int(low), int(high) - int(low)).float()  # [B, T, range]
+    else:
+        values = low + (high - low) * torch.rand(size, length, generator=generator)
+        inputs = values[..., None]  # [B, T, 1]
+    order = values.argsort(dim=1, stable=True)  # [B, T]
+    targets = values.gather(1, order) - int(low) if target == "values" else order
+    lengths = torch.full((size,), length, dtype=torch.long)
+    return inputs, lengths, targets, lengths.clone()
+
+
+class _TrainBatches(IterableDataset):
+    def __init__(self, dm: SortingDataModule) -> None:
+        self.dm, self.iterations = dm, 0
+
+    def __len__(self) -> int:
+        return self.dm.batches_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        dm, trainer = self.dm, self.dm.trainer
+        rank, epoch = (
+            (trainer.global_rank, trainer.current_epoch) if trainer is not None else (0, self.iterations)
+        )
+        self.iterations += 1
+        generator = torch.Generator().manual_seed(stream_seed(dm.train_seed, rank, epoch))
+        for _ in range(dm.batches_per_epoch):
+            yield dm.make(dm.batch_size, generator)
+
+
+class SortingDataModule(LightningDataModule):
+    """Sort sequences of numbers; training batches are drawn fresh each epoch, validation and test are fixed.
+
+    Args:
+        length: Numbers per sequence (T).
+        numbers: ``"int"`` (integers in ``[low, high)``, read one-hot) or ``"real"`` (uniform in ``[low, high)``,
+            read as one feature).
+        low, high: The range of the numbers.
+        target: ``"values"`` (the sorted numbers; integers only) or ``"indices"`` (the argsort of the input).
+        batch_size: Examples per batch (per device).
+        batches_per_epoch: Training batches in one epoch.
+        val_size, test_size: Examples in the fixed evaluation sets.
+        train_seed, val_seed, test_seed: Seeds.
+    """
+
+    def __init__(
+        self,
+        length: int = 10,
+        numbers: str = "int",
+        low: float = 0,
+        high: float = 10,
+        target: str = "values",
+        batch_size: int = 128,
+        batches_per_epoch: int = 100,
+        val_size: int = 1024,
+        test_size: int = 2048,
+        train_seed: int = 0,
+        val_seed: int = 1,
+        test_seed: int = 2,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_positive_ints(
+            name,
+            length=length,
+            batch_size=batch_size,
+            batches_per_epoch=batches_per_epoch,
+            val_size=val_size,
+            test_size=test_size,
+        )
+        if numbers not in ("int", "real"):
+            raise ConfigurationError(f"{name}: numbers must be 'int' or 'real', got numbers={numbers!r}.")
+        if target not in ("values", "indices"):
+            raise ConfigurationError(f"{name}: target must be 'values' or 'indices', got target={target!r}.")
+        if target == "values" and numbers == "real":
+            raise ConfigurationError(
+                f"{name}: target='values' classifies each output among the possible numbers, so it needs "
+                "numbers='int'; for reals use target='indices'."
+            )
+        if not high > low or (numbers == "int" and (int(low) != low or int(high) != high)):
+            raise ConfigurationError(
+                f"{name}: need low < high (integers for numbers='int'), got low={low!r}, high={high!r}."
+            )
+        self.save_hyperparameters()
+        self.length, self.numbers, self.low, self.high, self.target = length, numbers, low, high, target
+        self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
+        self.val_size, self.test_size = val_size, test_size
+        self.train_seed, self.val_seed, self.test_seed = train_seed, val_seed, test_seed
+        self._train: _TrainBatches | None = None
+        self._eval: dict[str, list[tuple[Tensor, ...]]] = {}
+
+    @property
+    def input_size(self) -> int:
+        return int(self.high) - int(self.low) if self.numbers == "int" else 1
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.high) - int(self.low) if self.target == "values" else self.length
+
+    def make(self, size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        return make_sorting(size, self.length, self.numbers, self.low, self.high, self.target, generator)
+
+    def _eval_batches(self, split: str) -> list[tuple[Tensor, ...]]:
+        if split not in self._eval:
+            size, seed = (
+                (self.val_size, self.val_seed) if split == "val" else (self.test_size, self.test_seed)
+            )
+            generator = torch.Generator().manual_seed(seed)
+            self._eval[split] = [
+                self.make(min(self.batch_size, size - start), generator)
+                for start in range(0, size, self.batch_size)
+            ]
+        return self._eval[split]
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train is None:
+            self._train = _TrainBatches(self)
+        return DataLoader(self._train, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._eval_batches("val"), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self._eval_batches("test"), batch_size=None)

@@ -1,0 +1,209 @@
+"""Sequence to sequence: a core reads the input, then (the same core, as in the paper's code, or a separate
+decoder core) keeps running to produce the outputs, one MLP-head classification per output step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from .checks import ConfigurationError, check_positive_ints
+from .classifier import mlp
+from .core import RecurrentCore
+from .hparams import resolve_factory, save_config_hyperparameters
+
+__all__ = ["Seq2Seq", "SequenceAccuracy"]
+
+IGNORE_INDEX = -100
+
+
+class SequenceAccuracy(Metric):
+    """Per-character accuracy over the real (not padding) target positions and whole-sequence accuracy (every
+    real position right), as counts summed over batches and DDP ranks."""
+
+    full_state_update = False
+
+    def __init__(self, whole_sequence: bool = False) -> None:
+        super().__init__()
+        self.whole_sequence = whole_sequence
+        self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, predictions: Tensor, targets: Tensor) -> None:
+        real = targets != IGNORE_INDEX
+        right = (predictions == targets) & real
+        if self.whole_sequence:
+            self.correct += int((right | ~real).all(dim=1).sum())
+            self.total += targets.shape[0]
+        else:
+            self.correct += int(right.sum())
+            self.total += int(real.sum())
+
+    def compute(self) -> Tensor:
+        return self.correct.float() / self.total.clamp(min=1)
+
+
+class Seq2Seq(LightningModule):
+    """Read a padded input sequence, then produce the output sequence.
+
+    Batches are ``(inputs [B, T_in, D], input_lengths [B], targets [B, T_out], target_lengths [B])`` with targets
+    padded by -100 (``LearnToExecuteDataModule``, ``SortingDataModule``). The encoder core reads the inputs with
+    their lengths, so its state is each example's state at its true end; the decoder (the same core unless
+    ``decoder_core`` is given) continues from that state for T_out steps:
+
+    - non-autoregressive (default; the paper found it best): the decoder reads zeros;
+    - ``autoregressive=True``: the decoder reads an embedding of the previous output (a start symbol first) -
+      the true one in training (teacher forcing), its own greedy choice in validation and test.
+
+    An MLP head classifies each decoder output. The loss is the cross-entropy over the real target positions;
+    ``{stage}/char_acc`` and ``{stage}/seq_acc`` are per-character and whole-sequence accuracy, exact under DDP.
+
+    Args:
+        core: Encoder core (and decoder, unless ``decoder_core``); its ``input_size`` is linked from the data.
+        num_classes: Output symbols (linked from the data).
+        decoder_core: Optional separate decoder core with a state of the same form as the encoder's.
+        autoregressive: Feed the previous output back (see above).
+        head_sizes: Hidden layer sizes of the MLP head; the paper uses four layers of 256.
+        optimizer, lr_scheduler: As in ``SequenceClassifier``.
+    """
+
+    def __init__(
+        self,
+        core: RecurrentCore,
+        num_classes: int,
+        decoder_core: RecurrentCore | None = None,
+        autoregressive: bool = False,
+        head_sizes: tuple[int, ...] = (256, 256, 256, 256),
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_positive_ints(name, num_classes=num_classes)
+        for label, c in (("core", core), ("decoder_core", decoder_core)):
+            if c is not None and not isinstance(c, RecurrentCore):
+                raise ConfigurationError(
+                    f"{name}: {label} must be a RecurrentCore (RelationalMemory, LSTMCore or a subclass), "
+                    f"got {label}={type(c).__name__}."
+                )
+        if getattr(core, "input_rows", 1) != 1:
+            raise ConfigurationError(
+                f"{name}: the core must read one row per step, got input_rows={core.input_rows}."
+            )
+        for i, size in enumerate(head_sizes):
+            check_positive_ints(name, **{f"head_sizes[{i}]": size})
+        if decoder_core is not None:
+            encoder_state, decoder_state = core.initial_state(1), decoder_core.initial_state(1)
+            if _shapes(encoder_state) != _shapes(decoder_state):
+                raise ConfigurationError(
+                    f"{name}: decoder_core must carry a state of the encoder's form to continue from it: encoder "
+                    f"state {_shapes(encoder_state)}, decoder state {_shapes(decoder_state)}."
+                )
+        save_config_hyperparameters(self)
+        self.core = core
+        self.decoder_core = decoder_core
+        self.autoregressive = autoregressive
+        decoder = decoder_core or core
+        self.feedback = nn.Embedding(num_classes + 1, decoder.input_size) if autoregressive else None
+        self.start_symbol = num_classes
+        self.head = mlp(decoder.output_size, tuple(head_sizes), num_classes)
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{kind}": SequenceAccuracy(whole_sequence=kind == "seq")
+                for stage in ("train", "val", "test")
+                for kind in ("char", "seq")
+            }
+        )
+
+    @property
+    def decoder(self) -> RecurrentCore:
+        return self.decoder_core or self.core
+
+    def encode(self, inputs: Tensor, input_lengths: Tensor | None) -> Any:
+        _, state = self.core(inputs, lengths=input_lengths)
+        return state
+
+    def forward(
+        self, inputs: Tensor, input_lengths: Tensor | None, steps: int, targets: Tensor | None = None
+    ):
+        """Logits ``[B, steps, num_classes]``; with ``autoregressive`` and ``targets`` given, teacher forcing,
+        otherwise the decoder's own greedy choices are fed back."""
+        state = self.encode(inputs, input_lengths)
+        B = inputs.shape[0]
+        if not self.autoregressive:
+            zeros = inputs.new_zeros(B, steps, self.decoder.input_size)
+            outputs, _ = self.decoder(zeros, state)
+            return self.head(outputs)
+        start = torch.full((B, 1), self.start_symbol, device=inputs.device, dtype=torch.long)
+        if targets is not None:
+            previous = torch.cat([start, targets[:, :-1].clamp(min=0)], dim=1)  # padding reads as symbol 0
+            outputs, _ = self.decoder(self.feedback(previous).to(inputs.dtype), state)
+            return self.head(outputs)
+        logits, token = [], start[:, 0]
+        for _ in range(steps):
+            out, state = self.decoder.step(self.feedback(token).to(inputs.dtype), state)
+            step_logits = self.head(out)
+            logits.append(step_logits)
+            token = step_logits.argmax(-1)
+        return torch.stack(logits, dim=1)
+
+    def batch_loss(self, batch) -> Tensor:
+        """The training loss of a batch (teacher-forced when autoregressive); used by curriculum callbacks."""
+        inputs, input_lengths, targets, _ = batch
+        logits = self(inputs, input_lengths, targets.shape[1], targets)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+    def _step(self, batch, stage: str) -> Tensor:
+        inputs, input_lengths, targets, _ = batch
+        teacher = targets if stage == "train" else None  # evaluation decodes on its own
+        logits = self(inputs, input_lengths, targets.shape[1], teacher)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        predictions = logits.argmax(-1)
+        B = targets.shape[0]
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=B,
+        )
+        for kind in ("char", "seq"):
+            metric = self.metrics[f"{stage}_{kind}"]
+            metric.update(predictions, targets)
+            self.log(f"{stage}/{kind}_acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=B)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        inputs, input_lengths, targets, _ = batch
+        logits = self(inputs, input_lengths, targets.shape[1])
+        return {"prediction": logits.argmax(-1), "target": targets}
+
+    def configure_optimizers(self):
+        optimizer = resolve_factory(self.optimizer_factory)(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = resolve_factory(self.lr_scheduler_factory)(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+
+def _shapes(state: Any) -> Any:
+    if isinstance(state, Tensor):
+        return tuple(state.shape)
+    return tuple(_shapes(s) for s in state)
