@@ -270,3 +270,26 @@ def test_every_seq2seq_config_runs_fast_dev_run(config, tmp_path):
     )
     assert cli.model.core.input_size == cli.datamodule.input_size
     assert math.isfinite(cli.trainer.callback_metrics["train/loss"].item())
+
+
+def _literal_digits(inputs: torch.Tensor, lengths: torch.Tensor) -> set[int]:
+    """Digits per literal in a batch of encoded addition programs ``print((a+b))``."""
+    sizes = set()
+    for row, length in zip(inputs, lengths, strict=True):
+        text = "".join(VOCAB[i] for i in row[: length - 1].argmax(-1).tolist())
+        a, b = text[len("print((") : -len("))")].split("+")
+        sizes |= {len(a), len(b)}
+    return sizes
+
+
+def test_data_loader_workers_follow_the_curriculum_level():
+    dm = LearnToExecuteDataModule(
+        task="addition", length=4, curriculum="naive", batch_size=16, batches_per_epoch=40, num_workers=2
+    )
+    loader = dm.train_dataloader()
+    batches = iter(loader)
+    first = next(batches)
+    assert _literal_digits(first[0], first[1]) == {1}  # naive starts at length 1
+    dm.curriculum.set_level(4, 1)  # as the callback would, while the workers are running
+    later = list(batches)[-10:]  # past what the workers had prefetched
+    assert all(_literal_digits(b[0], b[1]) == {4} for b in later)
