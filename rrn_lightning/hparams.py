@@ -39,3 +39,13 @@ def resolve_factory(value):
         module, _, name = value.rpartition(".")
         return getattr(importlib.import_module(module), name)
     return value
+
+
+def configure_optimizers(module, optimizer, lr_scheduler):
+    """What ``configure_optimizers`` returns for our modules: the optimizer, and the scheduler stepped every epoch
+    (``ReduceLROnPlateau`` watching ``val/loss``) when one is given."""
+    built = resolve_factory(optimizer)(module.parameters())
+    if lr_scheduler is None:
+        return built
+    scheduler = resolve_factory(lr_scheduler)(built)
+    return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

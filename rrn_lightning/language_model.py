@@ -16,7 +16,7 @@ from torchmetrics import Metric
 
 from .checks import ConfigurationError, check_positive_ints
 from .core import RecurrentCore
-from .hparams import resolve_factory, save_config_hyperparameters
+from .hparams import configure_optimizers, save_config_hyperparameters
 
 __all__ = ["LanguageModel", "TokenNLL"]
 
@@ -251,11 +251,7 @@ class LanguageModel(LightningModule):
         self._states.pop("test", None)
 
     def configure_optimizers(self):
-        optimizer = resolve_factory(self.optimizer_factory)(self.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = resolve_factory(self.lr_scheduler_factory)(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        return configure_optimizers(self, self.optimizer_factory, self.lr_scheduler_factory)
 
     # -------------------------------------------------------------- the vocabulary
     def _data_vocab(self) -> list[str] | None:

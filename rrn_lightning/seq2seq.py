@@ -15,7 +15,7 @@ from torchmetrics import Metric
 from .checks import ConfigurationError, check_positive_ints
 from .classifier import mlp
 from .core import RecurrentCore
-from .hparams import resolve_factory, save_config_hyperparameters
+from .hparams import configure_optimizers, save_config_hyperparameters
 
 __all__ = ["Seq2Seq", "SequenceAccuracy"]
 
@@ -196,11 +196,7 @@ class Seq2Seq(LightningModule):
         return {"prediction": logits.argmax(-1), "target": targets}
 
     def configure_optimizers(self):
-        optimizer = resolve_factory(self.optimizer_factory)(self.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = resolve_factory(self.lr_scheduler_factory)(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        return configure_optimizers(self, self.optimizer_factory, self.lr_scheduler_factory)
 
 
 def _shapes(state: Any) -> Any:
