@@ -206,7 +206,6 @@ class BPTTBatches(IterableDataset):
         self.targets = targets.view(batch_size, width)
         self.bptt, self.variable_bptt, self.seed = bptt, variable_bptt, seed
         self.epoch = 0
-        self.num_tokens = int((self.targets != IGNORE_INDEX).sum())
 
     def window_lengths(self, epoch: int) -> list[int]:
         width = self.inputs.shape[1]

@@ -131,24 +131,29 @@ class _Saved:
         cd, sd = plan.compute, plan.stats
         M, F_ = plan.M, plan.F
         self.buffers: list[Tensor] = []
-        self.take = lambda rows, cols, dtype: self._take((T, rows, cols), dtype, device)
+
+        def take(rows: int, cols: int, dtype: torch.dtype) -> Tensor:
+            # A local function, not an attribute: a closure stored on self would make a reference cycle, and the
+            # buffers would then return to the pool only when the cycle collector runs, not when backward is done.
+            buffer = _pool.take((T, rows, cols), dtype, device)
+            self.buffers.append(buffer)
+            return buffer
+
         nb = plan.num_blocks
         # Block 0's q/k/v projection reads the memory itself: the run's outputs serve as its saved input, unless
         # the products run in another dtype.
         self.qkv_in = [
-            None if b == 0 and cd == memory_dtype else self.take(B * plan.rows_in(b), M, cd)
-            for b in range(nb)
+            None if b == 0 and cd == memory_dtype else take(B * plan.rows_in(b), M, cd) for b in range(nb)
         ]
-        self.qkv_pre = [self.take(B * plan.rows_in(b), F_, sd) for b in range(nb)]  # before its LayerNorm
-        self.att_pre = [self.take(B * plan.rows_out(b), M, sd) for b in range(nb)]  # residual + attention
-        self.mlp_pre = [self.take(B * plan.rows_out(b), M, sd) for b in range(nb)]  # residual + MLP
+        self.qkv_pre = [take(B * plan.rows_in(b), F_, sd) for b in range(nb)]  # before its LayerNorm
+        self.att_pre = [take(B * plan.rows_out(b), M, sd) for b in range(nb)]  # residual + attention
+        self.mlp_pre = [take(B * plan.rows_out(b), M, sd) for b in range(nb)]  # residual + MLP
         # Inputs of the MLP layers: layer 0's (the attention LayerNorm's output) per step, the others in buffers.
         self.mlp_in0: list[list[Tensor]] = [[] for _ in range(nb)]
         self.mlp_in = [
-            [None] + [self.take(B * plan.rows_out(b), M, cd) for _ in range(1, plan.mlp_layers)]
-            for b in range(nb)
+            [None] + [take(B * plan.rows_out(b), M, cd) for _ in range(1, plan.mlp_layers)] for b in range(nb)
         ]
-        self.gate_in = self.take(B * plan.N, M, cd) if plan.G else None  # tanh(memory)
+        self.gate_in = take(B * plan.N, M, cd) if plan.G else None  # tanh(memory)
         # Per step: LayerNorm statistics, attention operands and weights, gates.
         self.stats: list[list[list[tuple[Tensor, Tensor]]]] = [[[] for _ in range(3)] for _ in range(nb)]
         self.attention: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(nb)]
@@ -161,11 +166,6 @@ class _Saved:
         tensors += [x for step in self.gates for x in step]
         tensors += [x for per in self.stats for kind in per for step in kind for x in step]
         return sum(t.numel() * t.element_size() for t in tensors)
-
-    def _take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-        buffer = _pool.take(shape, dtype, device)
-        self.buffers.append(buffer)
-        return buffer
 
     def __del__(self) -> None:
         _pool.give(self.buffers)
