@@ -211,6 +211,19 @@ class LearnToExecuteDataModule(LightningDataModule):
             test_size=test_size,
             curriculum_window=curriculum_window,
         )
+        if curriculum not in CURRICULA:
+            raise ConfigurationError(
+                f"{name}: curriculum must be one of {', '.join(CURRICULA)}, got curriculum={curriculum!r}."
+            )
+        if (
+            isinstance(curriculum_threshold, bool)
+            or not isinstance(curriculum_threshold, (int, float))
+            or not (0 <= curriculum_threshold < 1)
+        ):
+            raise ConfigurationError(
+                f"{name}: curriculum_threshold is the relative loss change that counts as a plateau, a number in "
+                f"[0, 1), got curriculum_threshold={curriculum_threshold!r}."
+            )
         if length > 12:
             raise ConfigurationError(
                 f"{name}: length is the digits per literal, at most 12, got length={length}."

@@ -171,6 +171,64 @@ def test_adaptive_curriculum_without_its_callback_is_refused(tmp_path):
         trainer.fit(tiny_seq2seq(), datamodule=dm)
 
 
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"length": 0}, "length must be a positive integer, got length=0"),
+        ({"nesting": 0}, "nesting must be a positive integer, got nesting=0"),
+        ({"length": 13}, "at most 12, got length=13"),
+        (
+            {"task": "sort"},
+            "task must be one of addition, control, program, copy, reverse, double, got task='sort'",
+        ),
+        (
+            {"curriculum": "easy"},
+            "curriculum must be one of baseline, naive, mix, combined, got curriculum='easy'",
+        ),
+        ({"curriculum_threshold": -0.1}, "curriculum_threshold=-0.1"),
+        ({"num_workers": -1}, "num_workers=-1"),
+    ],
+)
+def test_learn_to_execute_rejects_bad_arguments(kwargs, expected):
+    with pytest.raises(ValueError) as error:
+        LearnToExecuteDataModule(**kwargs)
+    assert expected in str(error.value)
+    assert str(error.value).startswith("LearnToExecuteDataModule: ")
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"length": 0}, "length must be a positive integer, got length=0"),
+        ({"numbers": "float"}, "numbers must be 'int' or 'real', got numbers='float'"),
+        ({"target": "ranks"}, "target must be 'values' or 'indices', got target='ranks'"),
+        ({"low": 5, "high": 5}, "need low < high"),
+        ({"low": 0.5, "high": 10}, "got low=0.5"),
+    ],
+)
+def test_sorting_rejects_bad_arguments(kwargs, expected):
+    with pytest.raises(ValueError, match="SortingDataModule: ") as error:
+        SortingDataModule(**kwargs)
+    assert expected in str(error.value)
+
+
+def test_cli_names_a_bad_task_without_a_traceback(tmp_path, capsys):
+    config = ROOT / "experiments" / "learn_to_execute" / "addition_lstm_cpu.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                "--data.init_args.task=multiply",
+                f"--trainer.default_root_dir={tmp_path}",
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "got task='multiply'" in err and "Traceback" not in err
+
+
 def test_evaluation_sets_are_fixed_at_the_target_level():
     dm = LearnToExecuteDataModule(
         task="control", length=2, nesting=2, curriculum="naive", val_size=20, batch_size=8
