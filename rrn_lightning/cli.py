@@ -5,7 +5,8 @@
     rrn test --config experiments/nth_farthest/rmc_cpu.yaml --ckpt_path runs/.../checkpoints/last.ckpt
 
 Runs log to TensorBoard under ``--trainer.default_root_dir`` (default ``runs/``), in a folder named after the
-config file (``--run_name`` to choose), with checkpoints beside the event files.
+config file (``--run_name`` to choose), with checkpoints beside the event files; ``fit`` also logs the learning
+rate (a ``LearningRateMonitor``, unless the config names one or turns the logger off).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .checks import ConfigurationError
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 # Lightning's own use of a torch API that torch deprecated; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+LR_MONITOR = "lightning.pytorch.callbacks.LearningRateMonitor"
 
 DESCRIPTION = """\
 rrn: train and evaluate relational recurrent networks (the Relational Memory Core of Santoro et al., 2018)
@@ -92,6 +95,12 @@ class RRNCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir=config.trainer.default_root_dir, name=name),
             )
+        if self.subcommand == "fit" and config.trainer.logger is not False:
+            # The learning rate beside the loss curves (lr-Adam, ...), whatever the scheduler makes of it.
+            callbacks = list(config.trainer.callbacks or [])
+            if not any(str(getattr(c, "class_path", "")).endswith("LearningRateMonitor") for c in callbacks):
+                callbacks.append(Namespace(class_path=LR_MONITOR, init_args=Namespace()))
+                config.trainer.callbacks = callbacks
 
 
 def _find_configuration_error(error: BaseException) -> ConfigurationError | None:

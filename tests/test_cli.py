@@ -88,6 +88,34 @@ def test_fit_writes_tensorboard_and_a_checkpoint_that_loads_alone(tmp_path):
     torch.testing.assert_close(loaded(x), cli.model(x))
 
 
+def test_fit_logs_the_learning_rate(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = EXPERIMENTS / "learn_to_execute" / "addition_rmc_cpu.yaml"  # Adam with ReduceLROnPlateau
+    common = [
+        "--trainer.max_steps=2",
+        "--data.init_args.batches_per_epoch=2",
+        "--data.init_args.val_size=8",
+        "--trainer.log_every_n_steps=1",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+    ]
+    cli = cli_main(["fit", "--config", str(config), *common])
+    monitors = [c for c in cli.trainer.callbacks if type(c).__name__ == "LearningRateMonitor"]
+    assert len(monitors) == 1
+    events = EventAccumulator(str(tmp_path / "learn_to_execute_addition_rmc_cpu" / "version_0"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("lr-Adam")][0] == pytest.approx(3e-3)
+
+    # One that the config names is kept, not doubled; without a logger there is nothing to log to.
+    named = ["--trainer.callbacks+=LearningRateMonitor", "--trainer.callbacks.logging_interval=step"]
+    cli = cli_main(["fit", "--config", str(config), *common, *named])
+    monitors = [c for c in cli.trainer.callbacks if type(c).__name__ == "LearningRateMonitor"]
+    assert [m.logging_interval for m in monitors] == ["step"]
+    cli = cli_main(["fit", "--config", str(config), *common, "--trainer.logger=false"])
+    assert not any(type(c).__name__ == "LearningRateMonitor" for c in cli.trainer.callbacks)
+
+
 def test_test_subcommand_reads_a_checkpoint(tmp_path):
     config = EXPERIMENTS / "nth_farthest" / "lstm_cpu.yaml"
     common = [
