@@ -91,7 +91,7 @@ def test_fit_writes_tensorboard_and_a_checkpoint_that_loads_alone(tmp_path):
 def test_fit_logs_the_learning_rate(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = EXPERIMENTS / "learn_to_execute" / "addition_rmc_cpu.yaml"  # Adam with ReduceLROnPlateau
+    config = EXPERIMENTS / "learn_to_execute" / "addition_rmc_cpu.yaml"  # Adam with a MultiStepLR schedule
     common = [
         "--trainer.max_steps=2",
         "--data.init_args.batches_per_epoch=2",
