@@ -77,11 +77,23 @@ class Curriculum:
     """
 
     def __init__(
-        self, kind: str, length: int, nesting: int, threshold: float = 0.05, window: int = 5
+        self,
+        kind: str,
+        length: int,
+        nesting: int,
+        threshold: float = 0.05,
+        window: int = 5,
+        owner: str = "Curriculum",
     ) -> None:
+        # Errors name the data module's arguments (curriculum, curriculum_threshold), where users set them.
         if kind not in CURRICULA:
             raise ConfigurationError(
-                f"curriculum must be one of {', '.join(CURRICULA)}, got curriculum={kind!r}."
+                f"{owner}: curriculum must be one of {', '.join(CURRICULA)}, got curriculum={kind!r}."
+            )
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+            raise ConfigurationError(
+                f"{owner}: curriculum_threshold is the relative loss change that counts as a plateau, a number "
+                f"in [0, 1), got curriculum_threshold={threshold!r}."
             )
         self.kind, self.length, self.nesting = kind, length, nesting
         self.threshold, self.window = threshold, window
@@ -211,19 +223,6 @@ class LearnToExecuteDataModule(LightningDataModule):
             test_size=test_size,
             curriculum_window=curriculum_window,
         )
-        if curriculum not in CURRICULA:
-            raise ConfigurationError(
-                f"{name}: curriculum must be one of {', '.join(CURRICULA)}, got curriculum={curriculum!r}."
-            )
-        if (
-            isinstance(curriculum_threshold, bool)
-            or not isinstance(curriculum_threshold, (int, float))
-            or not (0 <= curriculum_threshold < 1)
-        ):
-            raise ConfigurationError(
-                f"{name}: curriculum_threshold is the relative loss change that counts as a plateau, a number in "
-                f"[0, 1), got curriculum_threshold={curriculum_threshold!r}."
-            )
         if length > 12:
             raise ConfigurationError(
                 f"{name}: length is the digits per literal, at most 12, got length={length}."
@@ -234,7 +233,9 @@ class LearnToExecuteDataModule(LightningDataModule):
             )
         self.save_hyperparameters()
         self.task, self.length, self.nesting = task, length, nesting
-        self.curriculum = Curriculum(curriculum, length, nesting, curriculum_threshold, curriculum_window)
+        self.curriculum = Curriculum(
+            curriculum, length, nesting, curriculum_threshold, curriculum_window, owner=name
+        )
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.val_size, self.test_size, self.num_workers = val_size, test_size, num_workers
         self.train_seed, self.val_seed, self.test_seed = train_seed, val_seed, test_seed
