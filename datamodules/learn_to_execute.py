@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rrn_lightning.checks import ConfigurationError, check_positive_ints
 
+from ._evaluation import FixedEvaluationSets
 from .nth_farthest import stream_seed
 from .programs import TASKS, generate
 
@@ -170,7 +171,7 @@ class _TrainBatches(IterableDataset):
             yield dm.make_batch(dm.batch_size, rng, dm.curriculum)
 
 
-class LearnToExecuteDataModule(LightningDataModule):
+class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
     """Learning to Execute: read a program character by character, output what it prints.
 
     See ``datamodules/programs.py`` for the program families and a worked example, and ``encode_batch`` above for
@@ -240,7 +241,6 @@ class LearnToExecuteDataModule(LightningDataModule):
         self.val_size, self.test_size, self.num_workers = val_size, test_size, num_workers
         self.train_seed, self.val_seed, self.test_seed = train_seed, val_seed, test_seed
         self._train: _TrainBatches | None = None
-        self._eval: dict[str, list[tuple[Tensor, ...]]] = {}
 
     @property
     def input_size(self) -> int:
@@ -281,28 +281,16 @@ class LearnToExecuteDataModule(LightningDataModule):
                     "under trainer.callbacks."
                 )
 
-    def _eval_batches(self, split: str) -> list[tuple[Tensor, ...]]:
-        if split not in self._eval:
-            size, seed = (
-                (self.val_size, self.val_seed) if split == "val" else (self.test_size, self.test_seed)
-            )
-            rng = random.Random(seed)
-            self._eval[split] = [
-                self.make_batch(min(self.batch_size, size - start), rng, None)
-                for start in range(0, size, self.batch_size)
-            ]
-        return self._eval[split]
+    def _eval_source(self, seed: int) -> random.Random:
+        return random.Random(seed)
+
+    def _eval_batch(self, size: int, source: random.Random) -> tuple[Tensor, ...]:
+        return self.make_batch(size, source, None)
 
     def train_dataloader(self) -> DataLoader:
         if self._train is None:
             self._train = _TrainBatches(self)
         return DataLoader(self._train, batch_size=None, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._eval_batches("val"), batch_size=None)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self._eval_batches("test"), batch_size=None)
 
 
 class CurriculumCallback(Callback):

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from rrn_lightning.checks import ConfigurationError, check_positive_ints
 
+from ._evaluation import FixedEvaluationSets
 from .nth_farthest import stream_seed
 
 __all__ = ["SortingDataModule", "make_sorting"]
@@ -60,7 +61,7 @@ class _TrainBatches(IterableDataset):
             yield dm.make(dm.batch_size, generator)
 
 
-class SortingDataModule(LightningDataModule):
+class SortingDataModule(FixedEvaluationSets, LightningDataModule):
     """Sort sequences of numbers; training batches are drawn fresh each epoch, validation and test are fixed.
 
     Args:
@@ -119,7 +120,6 @@ class SortingDataModule(LightningDataModule):
         self.val_size, self.test_size = val_size, test_size
         self.train_seed, self.val_seed, self.test_seed = train_seed, val_seed, test_seed
         self._train: _TrainBatches | None = None
-        self._eval: dict[str, list[tuple[Tensor, ...]]] = {}
 
     @property
     def input_size(self) -> int:
@@ -132,25 +132,13 @@ class SortingDataModule(LightningDataModule):
     def make(self, size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
         return make_sorting(size, self.length, self.numbers, self.low, self.high, self.target, generator)
 
-    def _eval_batches(self, split: str) -> list[tuple[Tensor, ...]]:
-        if split not in self._eval:
-            size, seed = (
-                (self.val_size, self.val_seed) if split == "val" else (self.test_size, self.test_seed)
-            )
-            generator = torch.Generator().manual_seed(seed)
-            self._eval[split] = [
-                self.make(min(self.batch_size, size - start), generator)
-                for start in range(0, size, self.batch_size)
-            ]
-        return self._eval[split]
+    def _eval_source(self, seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    def _eval_batch(self, size: int, source: torch.Generator) -> tuple[Tensor, ...]:
+        return self.make(size, source)
 
     def train_dataloader(self) -> DataLoader:
         if self._train is None:
             self._train = _TrainBatches(self)
         return DataLoader(self._train, batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._eval_batches("val"), batch_size=None)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self._eval_batches("test"), batch_size=None)

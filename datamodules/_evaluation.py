@@ -1,0 +1,45 @@
+"""Fixed validation and test sets for the sequence-to-sequence tasks generated on the fly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+
+class FixedEvaluationSets:
+    """``val_size`` and ``test_size`` examples, in batches of ``batch_size``, drawn once from ``val_seed`` and
+    ``test_seed`` and kept for every later evaluation. A data module supplies the random source a seed starts
+    (``_eval_source``) and how a batch of n examples is drawn from it (``_eval_batch``)."""
+
+    batch_size: int
+    val_size: int
+    test_size: int
+    val_seed: int
+    test_seed: int
+
+    def _eval_source(self, seed: int) -> Any:
+        raise NotImplementedError
+
+    def _eval_batch(self, size: int, source: Any) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def _eval_batches(self, split: str) -> list[tuple[Tensor, ...]]:
+        cache: dict[str, list[tuple[Tensor, ...]]] = self.__dict__.setdefault("_eval_sets", {})
+        if split not in cache:
+            size, seed = (
+                (self.val_size, self.val_seed) if split == "val" else (self.test_size, self.test_seed)
+            )
+            source = self._eval_source(seed)
+            cache[split] = [
+                self._eval_batch(min(self.batch_size, size - start), source)
+                for start in range(0, size, self.batch_size)
+            ]
+        return cache[split]
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._eval_batches("val"), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self._eval_batches("test"), batch_size=None)
