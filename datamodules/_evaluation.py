@@ -43,3 +43,7 @@ class FixedEvaluationSets:
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self._eval_batches("test"), batch_size=None)
+
+    def predict_dataloader(self) -> DataLoader:
+        """``rrn predict`` reads the test set."""
+        return self.test_dataloader()

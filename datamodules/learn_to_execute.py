@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, get_worker_info
 
 from rrn_lightning.checks import ConfigurationError, check_positive_ints
 
 from ._evaluation import FixedEvaluationSets
-from .nth_farthest import stream_seed
+from ._resumable import EpochBatches, rank_of, stream_seed, training_loader
 from .programs import TASKS, generate
 
 __all__ = ["CHARS", "Curriculum", "CurriculumCallback", "LearnToExecuteDataModule", "encode_batch"]
@@ -147,27 +147,23 @@ class Curriculum:
         self.losses.extend(state["losses"])
 
 
-class _TrainBatches(IterableDataset):
-    """Fresh training batches at the curriculum's levels, seeded by (seed, rank, epoch, worker)."""
+class _TrainBatches(EpochBatches):
+    """Fresh training batches at the curriculum's levels. Batch i of epoch e on rank r has its own seed
+    (train_seed, r, e, i): the stream is the same whatever the number of workers, and resuming mid-epoch draws
+    nothing twice. With workers, worker w makes batches start + w, start + w + W, ... (the loader's order)."""
 
-    def __init__(self, dm: LearnToExecuteDataModule) -> None:
-        self.dm = dm
-        self.iterations = 0
+    def __init__(self, dm: LearnToExecuteDataModule, rank: int) -> None:
+        self.dm, self.rank = dm, rank
 
     def __len__(self) -> int:
         return self.dm.batches_per_epoch
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, ...]]:
         dm = self.dm
-        trainer = dm.trainer
-        rank, epoch = (
-            (trainer.global_rank, trainer.current_epoch) if trainer is not None else (0, self.iterations)
-        )
-        self.iterations += 1
         worker = get_worker_info()
         wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        rng = random.Random(stream_seed(dm.train_seed, rank, epoch, wid))
-        for _ in range(wid, dm.batches_per_epoch, workers):
+        for index in range(start + wid, dm.batches_per_epoch, workers):
+            rng = random.Random(stream_seed(dm.train_seed, self.rank, epoch, index))
             yield dm.make_batch(dm.batch_size, rng, dm.curriculum)
 
 
@@ -240,7 +236,6 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.val_size, self.test_size, self.num_workers = val_size, test_size, num_workers
         self.train_seed, self.val_seed, self.test_seed = train_seed, val_seed, test_seed
-        self._train: _TrainBatches | None = None
 
     @property
     def input_size(self) -> int:
@@ -288,9 +283,7 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
         return self.make_batch(size, source, None)
 
     def train_dataloader(self) -> DataLoader:
-        if self._train is None:
-            self._train = _TrainBatches(self)
-        return DataLoader(self._train, batch_size=None, num_workers=self.num_workers)
+        return training_loader(self, _TrainBatches(self, rank_of(self)), self.num_workers)
 
 
 class CurriculumCallback(Callback):
@@ -309,7 +302,6 @@ class CurriculumCallback(Callback):
         super().__init__()
         check_positive_ints(type(self).__name__, every_n_steps=every_n_steps, batch_size=batch_size)
         self.every_n_steps, self.batch_size, self.seed = every_n_steps, batch_size, seed
-        self._pending: dict | None = None
 
     @staticmethod
     def _datamodule(trainer: Trainer) -> LearnToExecuteDataModule:
@@ -317,11 +309,6 @@ class CurriculumCallback(Callback):
         if not isinstance(dm, LearnToExecuteDataModule):
             raise ConfigurationError("CurriculumCallback needs a LearnToExecuteDataModule as the data.")
         return dm
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._pending is not None:  # restored from a checkpoint
-            self._datamodule(trainer).curriculum.load_state_dict(self._pending)
-            self._pending = None
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
@@ -345,17 +332,18 @@ class CurriculumCallback(Callback):
         pl_module.log("curriculum/length", float(length), on_step=True, on_epoch=False)
         pl_module.log("curriculum/nesting", float(nesting), on_step=True, on_epoch=False)
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        self._dm_ref = dm if isinstance(dm, LearnToExecuteDataModule) else None
+
     def state_dict(self) -> dict:
         dm = self._dm_ref
         return dm.curriculum.state_dict() if dm is not None else {}
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._dm_ref = (
-            trainer.datamodule if isinstance(trainer.datamodule, LearnToExecuteDataModule) else None
-        )
-
     def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict:
-            self._pending = dict(state_dict)
+        # Lightning restores callbacks after ``setup`` and before the first batch is drawn (data-loader workers
+        # start drawing as soon as the loader is iterated), so the level is set here, not at train start.
+        if state_dict and self._dm_ref is not None:
+            self._dm_ref.curriculum.load_state_dict(state_dict)
 
     _dm_ref: LearnToExecuteDataModule | None = None

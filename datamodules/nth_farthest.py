@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from rrn_lightning.checks import ConfigurationError, check_positive_ints
+
+from ._resumable import SeededBatches, rank_of, training_loader
 
 __all__ = ["NthFarthestDataModule", "make_nth_farthest"]
 
@@ -42,36 +41,6 @@ def make_nth_farthest(
     return inputs.contiguous(), labels
 
 
-def stream_seed(*parts: int) -> int:
-    """A 63-bit seed that depends on every part (seed, rank, epoch), without the collisions of a sum."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-class _GeneratedBatches(IterableDataset):
-    """Fresh training batches. Epoch e on DDP rank r is drawn from its own generator, seeded by
-    (train_seed, r, e): every rank sees different problems, every epoch new ones, and a run resumed from a
-    checkpoint draws exactly what the uninterrupted run drew for that epoch, on every rank."""
-
-    def __init__(self, datamodule: NthFarthestDataModule) -> None:
-        self.dm = datamodule
-        self.iterations = 0  # epochs drawn so far, for use without a Trainer
-
-    def __len__(self) -> int:
-        return self.dm.batches_per_epoch
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        dm = self.dm
-        trainer = dm.trainer
-        rank, epoch = (
-            (trainer.global_rank, trainer.current_epoch) if trainer is not None else (0, self.iterations)
-        )
-        self.iterations += 1
-        generator = torch.Generator().manual_seed(stream_seed(dm.train_seed, rank, epoch))
-        for _ in range(dm.batches_per_epoch):
-            yield make_nth_farthest(dm.batch_size, dm.num_vectors, dm.num_features, generator)
-
-
 class NthFarthestDataModule(LightningDataModule):
     """Nth farthest: given K vectors, which one is the n-th farthest from vector m?
 
@@ -93,7 +62,7 @@ class NthFarthestDataModule(LightningDataModule):
 
     Training batches are drawn on the fly, each epoch from a generator seeded by ``train_seed``, the epoch and
     (under DDP) the rank, so every step sees new problems, ranks never repeat each other, and a resumed run draws
-    what the uninterrupted run would have. ``batches_per_epoch`` sets the epoch length. Validation and test sets are
+    what the uninterrupted run would have, also from the middle of an epoch. ``batches_per_epoch`` sets the epoch length. Validation and test sets are
     fixed by ``val_seed`` and ``test_seed``. ``batch_size`` is per device.
 
     Args:
@@ -146,7 +115,6 @@ class NthFarthestDataModule(LightningDataModule):
         self.val_seed = val_seed
         self.test_seed = test_seed
         self._eval_sets: dict[str, TensorDataset] = {}
-        self._train_batches: _GeneratedBatches | None = None
 
     @property
     def input_size(self) -> int:
@@ -168,11 +136,12 @@ class NthFarthestDataModule(LightningDataModule):
             )
         return self._eval_sets[split]
 
+    def _draw(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return make_nth_farthest(self.batch_size, self.num_vectors, self.num_features, generator)
+
     def train_dataloader(self) -> DataLoader:
         # Generation is a few vectorised tensor ops per batch: worker processes would cost more than they save.
-        if self._train_batches is None:
-            self._train_batches = _GeneratedBatches(self)
-        return DataLoader(self._train_batches, batch_size=None)
+        return training_loader(self, SeededBatches(self._draw, self.train_seed, self.batches_per_epoch, rank_of(self)))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._eval_set("val"), batch_size=self.batch_size)
@@ -182,3 +151,4 @@ class NthFarthestDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+

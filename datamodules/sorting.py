@@ -11,18 +11,16 @@ Batches are those of the sequence-to-sequence tasks (see ``learn_to_execute.py``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from rrn_lightning.checks import ConfigurationError, check_positive_ints
 
 from ._evaluation import FixedEvaluationSets
-from .nth_farthest import stream_seed
+from ._resumable import SeededBatches, rank_of, training_loader
 
 __all__ = ["SortingDataModule", "make_sorting"]
 
@@ -41,24 +39,6 @@ def make_sorting(
     targets = values.gather(1, order) - int(low) if target == "values" else order
     lengths = torch.full((size,), length, dtype=torch.long)
     return inputs, lengths, targets, lengths.clone()
-
-
-class _TrainBatches(IterableDataset):
-    def __init__(self, dm: SortingDataModule) -> None:
-        self.dm, self.iterations = dm, 0
-
-    def __len__(self) -> int:
-        return self.dm.batches_per_epoch
-
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        dm, trainer = self.dm, self.dm.trainer
-        rank, epoch = (
-            (trainer.global_rank, trainer.current_epoch) if trainer is not None else (0, self.iterations)
-        )
-        self.iterations += 1
-        generator = torch.Generator().manual_seed(stream_seed(dm.train_seed, rank, epoch))
-        for _ in range(dm.batches_per_epoch):
-            yield dm.make(dm.batch_size, generator)
 
 
 class SortingDataModule(FixedEvaluationSets, LightningDataModule):
@@ -119,7 +99,6 @@ class SortingDataModule(FixedEvaluationSets, LightningDataModule):
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.val_size, self.test_size = val_size, test_size
         self.train_seed, self.val_seed, self.test_seed = train_seed, val_seed, test_seed
-        self._train: _TrainBatches | None = None
 
     @property
     def input_size(self) -> int:
@@ -138,7 +117,8 @@ class SortingDataModule(FixedEvaluationSets, LightningDataModule):
     def _eval_batch(self, size: int, source: torch.Generator) -> tuple[Tensor, ...]:
         return self.make(size, source)
 
+    def _draw(self, generator: torch.Generator) -> tuple[Tensor, ...]:
+        return self.make(self.batch_size, generator)
+
     def train_dataloader(self) -> DataLoader:
-        if self._train is None:
-            self._train = _TrainBatches(self)
-        return DataLoader(self._train, batch_size=None)
+        return training_loader(self, SeededBatches(self._draw, self.train_seed, self.batches_per_epoch, rank_of(self)))

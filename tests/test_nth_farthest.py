@@ -61,12 +61,13 @@ def test_datamodule_sizes_and_fixed_eval_sets():
     )
     assert dm.input_size == 16 and dm.num_classes == 4
     dm.setup("fit")
-    train = list(dm.train_dataloader())
-    assert len(train) == 3 and len(dm.train_dataloader()) == 3
+    loader = dm.train_dataloader()
+    train = list(loader)
+    assert len(train) == 3 and len(loader) == 3
     x, y = train[0]
     assert x.shape == (32, 4, 16) and y.shape == (32,)
-    # A new epoch draws new problems.
-    again = list(dm.train_dataloader())
+    # A new epoch (pass over the loader) draws new problems.
+    again = list(loader)
     assert not torch.equal(again[0][0], train[0][0])
     val = torch.cat([b[0] for b in dm.val_dataloader()])
     test = torch.cat([b[0] for b in dm.test_dataloader()])
@@ -77,7 +78,7 @@ def test_datamodule_sizes_and_fixed_eval_sets():
 
 
 def small(**kwargs):
-    return NthFarthestDataModule(num_vectors=3, num_features=2, batch_size=8, batches_per_epoch=2, **kwargs)
+    return NthFarthestDataModule(**{"num_vectors": 3, "num_features": 2, "batch_size": 8, "batches_per_epoch": 2, **kwargs})
 
 
 def first_batch(dm):
@@ -88,8 +89,8 @@ def test_training_stream_depends_on_seed_rank_and_epoch_only():
     assert torch.equal(first_batch(small(train_seed=5)), first_batch(small(train_seed=5)))
     assert not torch.equal(first_batch(small(train_seed=5)), first_batch(small(train_seed=6)))
     # Without a Trainer, each pass over the loader is a new epoch.
-    dm = small(train_seed=5)
-    epochs = [torch.cat([x for x, _ in dm.train_dataloader()]) for _ in range(3)]
+    loader = small(train_seed=5).train_dataloader()
+    epochs = [torch.cat([x for x, _ in loader]) for _ in range(3)]
     assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
     # Under a Trainer the epoch and the rank come from it: a run resumed at epoch 2 draws what epoch 2 drew.
     resumed = small(train_seed=5)
@@ -115,3 +116,22 @@ def test_docstring_example_is_right():
     assert distance.argsort(descending=True).tolist() == [0, 1, 2]
     assert [round(d, 2) for d in distance.tolist()] == [1.58, 0.14, 0.0]
     assert "1.58" in NthFarthestDataModule.__doc__ and "0.14" in NthFarthestDataModule.__doc__
+
+
+
+def test_a_loader_resumes_mid_epoch_from_its_state():
+    """What Lightning saves of the training loader in a checkpoint puts a new loader where the old one was."""
+    loader = small(train_seed=5, batches_per_epoch=4).train_dataloader()
+    list(loader)  # epoch 0
+    batches = iter(loader)  # epoch 1
+    next(batches)
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches": 1}
+    rest = [x for x, _ in batches]
+    resumed_dm = small(train_seed=5, batches_per_epoch=4)
+    resumed_dm.trainer = SimpleNamespace(global_rank=0, current_epoch=1)
+    resumed = resumed_dm.train_dataloader()
+    resumed.load_state_dict(state)
+    again = [x for x, _ in resumed]
+    assert len(again) == len(rest) == 3 and all(torch.equal(a, b) for a, b in zip(again, rest, strict=True))
+    assert len(list(resumed)) == 4  # the state applies to the one pass it was taken in
