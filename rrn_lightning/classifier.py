@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .checks import ConfigurationError, check_positive_ints
 from .core import RecurrentCore
-from .hparams import configure_optimizers, save_config_hyperparameters
+from .hparams import CheckedCheckpointLoading, configure_optimizers, save_config_hyperparameters
 
 __all__ = ["SequenceClassifier", "mlp"]
 
@@ -42,7 +42,7 @@ def unpack_batch(batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
     )
 
 
-class SequenceClassifier(LightningModule):
+class SequenceClassifier(CheckedCheckpointLoading, LightningModule):
     """Classify a sequence from the core's output at its last (real) step.
 
     Batches are ``(inputs [B, T, ...], labels [B])`` or ``(inputs, labels, lengths [B])`` for padded sequences;

@@ -10,10 +10,12 @@ read as ``<unk>``; ``<eos>`` in the output is printed as a line break.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
+from .checkpoints import check_checkpoint
 from .checks import ConfigurationError
 
 
@@ -47,15 +49,14 @@ def generate_text(
     """The prompt followed by ``length`` sampled words, ``<eos>`` shown as a line break."""
     from .language_model import LanguageModel
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigurationError(f"rrn generate: --checkpoint {path} does not exist.")
     if length < 1:
-        raise ConfigurationError(f"rrn generate: --length must be positive, got {length}.")
-    model = LanguageModel.load_from_checkpoint(path, map_location=device)
+        raise ConfigurationError(f"--length must be positive, got {length}.")
+    # Checked here to name the option in errors; load_from_checkpoint checks again, cheaply (memory-mapped).
+    check_checkpoint(checkpoint, LanguageModel, what="--checkpoint")
+    model = LanguageModel.load_from_checkpoint(checkpoint, map_location=device)
     if model.vocab_words is None:
         raise ConfigurationError(
-            f"rrn generate: {path} holds no vocabulary (it was not written by a LanguageModel trained on a "
+            f"--checkpoint {checkpoint} holds no vocabulary (it was not written by a LanguageModel trained on a "
             "WordLMDataModule)."
         )
     lookup = {w: i for i, w in enumerate(model.vocab_words)}
@@ -82,6 +83,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     except ConfigurationError as error:
-        print(f"rrn generate: error: {error}")
+        print(f"rrn generate: error: {error}", file=sys.stderr)
         return 2
     return 0

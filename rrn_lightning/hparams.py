@@ -1,12 +1,19 @@
-"""Hyperparameter saving shared by the LightningModules."""
+"""Hyperparameters of the LightningModules: saved on construction, checked on loading, factories resolved."""
 
 from __future__ import annotations
 
 import inspect
 import warnings
+from os import PathLike
 
+from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.pytorch import LightningModule
+from lightning.pytorch.core.saving import load_hparams_from_yaml
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from .checkpoints import check_checkpoint, check_hyperparameters, import_allowed, saved_hyperparameters
 
 
 def save_config_hyperparameters(module: LightningModule) -> None:
@@ -31,21 +38,49 @@ def save_config_hyperparameters(module: LightningModule) -> None:
             module.hparams[name] = f"{value.__module__}.{value.__qualname__}"
 
 
-def resolve_factory(value):
-    """An optimizer or scheduler factory given as an import path (as recorded in hyperparameters) -> the object."""
+def resolve_factory(value, where: str):
+    """An optimizer or scheduler factory given as an import path (as recorded in hyperparameters) -> the class;
+    only ``torch.optim`` / ``torch.optim.lr_scheduler`` classes are imported. ``where`` names it in errors."""
     if isinstance(value, str):
-        import importlib
-
-        module, _, name = value.rpartition(".")
-        return getattr(importlib.import_module(module), name)
+        return import_allowed(value, where, (Optimizer, LRScheduler))
     return value
+
+
+class CheckedCheckpointLoading:
+    """Mixin of our LightningModules (before ``LightningModule`` in the bases): ``load_from_checkpoint`` first
+    reads the file with ``check_checkpoint`` (a clear error for a bad or other-kind file; hyperparameters that name
+    code outside the allowlist are refused before Lightning imports anything they name). What the caller passes
+    in (``kwargs``, ``hparams_file``) replaces the file's values, so passing an object in lifts a refusal."""
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path,
+        map_location=None,
+        hparams_file=None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs,
+    ):
+        overrides = {**(load_hparams_from_yaml(hparams_file) if hparams_file is not None else {}), **kwargs}
+        if isinstance(checkpoint_path, str | PathLike) and "://" not in str(checkpoint_path):
+            check_checkpoint(checkpoint_path, cls, what="checkpoint", overrides=overrides)
+        else:  # an open file or a URL: Lightning's reader, safely; then rewind the file for Lightning's own read
+            position = checkpoint_path.tell() if hasattr(checkpoint_path, "tell") else None
+            checkpoint = pl_load(checkpoint_path, map_location="cpu", weights_only=True)
+            if position is not None:
+                checkpoint_path.seek(position)
+            check_hyperparameters({**saved_hyperparameters(checkpoint), **overrides}, "checkpoint")
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+        )
 
 
 def configure_optimizers(module, optimizer, lr_scheduler):
     """What ``configure_optimizers`` returns for our modules: the optimizer, and the scheduler stepped every epoch
     (``ReduceLROnPlateau`` watching ``val/loss``) when one is given."""
-    built = resolve_factory(optimizer)(module.parameters())
+    built = resolve_factory(optimizer, f"{type(module).__name__}: optimizer")(module.parameters())
     if lr_scheduler is None:
         return built
-    scheduler = resolve_factory(lr_scheduler)(built)
+    scheduler = resolve_factory(lr_scheduler, f"{type(module).__name__}: lr_scheduler")(built)
     return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

@@ -15,7 +15,7 @@ from torchmetrics import Metric
 from .checks import ConfigurationError, check_positive_ints
 from .classifier import mlp
 from .core import RecurrentCore
-from .hparams import configure_optimizers, save_config_hyperparameters
+from .hparams import CheckedCheckpointLoading, configure_optimizers, save_config_hyperparameters
 
 __all__ = ["Seq2Seq", "SequenceAccuracy"]
 
@@ -48,7 +48,7 @@ class SequenceAccuracy(Metric):
         return self.correct.float() / self.total.clamp(min=1)
 
 
-class Seq2Seq(LightningModule):
+class Seq2Seq(CheckedCheckpointLoading, LightningModule):
     """Read a padded input sequence, then produce the output sequence.
 
     Batches are ``(inputs [B, T_in, D], input_lengths [B], targets [B, T_out], target_lengths [B])`` with targets
