@@ -2,11 +2,14 @@
 
     rrn fit --config experiments/nth_farthest/rmc_cpu.yaml
     rrn fit --config experiments/nth_farthest/rmc_cpu.yaml --model.init_args.core.init_args.mem_slots 8
-    rrn test --config experiments/nth_farthest/rmc_cpu.yaml --ckpt_path runs/.../checkpoints/last.ckpt
+    rrn fit --config experiments/nth_farthest/rmc_cpu.yaml --ckpt_path last     # continue the latest run
+    rrn test --config experiments/nth_farthest/rmc_cpu.yaml --ckpt_path last
 
 Runs log to TensorBoard under ``--trainer.default_root_dir`` (default ``runs/``), in a folder named after the
 config file (``--run_name`` to choose), with checkpoints beside the event files; ``fit`` also logs the learning
-rate (a ``LearningRateMonitor``, unless the config names one or turns the logger off).
+rate (a ``LearningRateMonitor``, unless the config names one or turns the logger off). A checkpoint given with
+``--ckpt_path`` (``last``: the latest run's ``last.ckpt``) brings its run folder along: ``fit`` continues there, the
+other subcommands log and write there. See ``runs.py`` for what checkpoints hold and when they are written.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from .checkpoints import check_checkpoint
 from .checks import ConfigurationError
+from .runs import NonFiniteLoss, NonFiniteLossError, RunCheckpoint, latest_checkpoint, run_of_checkpoint
 
 # Our generated training streams run in the main process (no workers), where their __len__ is exact.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
@@ -38,8 +45,8 @@ and LSTM baselines. Configs for every task and core live in experiments/; start 
 
 
 class RRNCLI(LightningCLI):
-    """LightningCLI with data-derived sizes linked into the model, a checkpoint callback and a named
-    TensorBoard run under ``trainer.default_root_dir``."""
+    """LightningCLI with data-derived sizes linked into the model, a run folder per config under
+    ``trainer.default_root_dir``, checkpoints that resume exactly, and a guard against non-finite losses."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -49,14 +56,16 @@ class RRNCLI(LightningCLI):
             help="Name of the TensorBoard run folder under trainer.default_root_dir "
             "(default: from the config file, e.g. nth_farthest_rmc_cpu).",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.filename": "epoch{epoch}-step{step}",
-                "checkpoint.auto_insert_metric_name": False,
-                "checkpoint.save_last": True,
-            }
+        parser.add_argument(
+            "--allow_fresh_start",
+            type=bool,
+            default=False,
+            help="With --ckpt_path last: start a new run when the config has no checkpoint to resume yet, instead "
+            "of failing (for job scripts that may be requeued).",
         )
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.filename": "epoch{epoch}-step{step}", "checkpoint.auto_insert_metric_name": False})
+        parser.add_lightning_class_args(NonFiniteLoss, "nonfinite")
         # Sizes that only the data knows, stated once: the data module computes them, the model receives them.
         # A link whose source the chosen data module lacks is skipped (jsonargparse), so each task family has its
         # own: classification data has input_size and num_classes, language-modelling data has vocab_size.
@@ -80,27 +89,101 @@ class RRNCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
+            ckpt_path = self.config_init[subcommand].get("ckpt_path")
+            if ckpt_path not in (None, "best", "hpc"):
+                check_checkpoint(ckpt_path, self.model)
+            if subcommand == "predict" and not is_overridden("predict_step", self.model):
+                raise ConfigurationError(
+                    f"rrn predict: {type(self.model).__name__} has no predictions to write; use `rrn test` for its "
+                    "metrics" + (" or `rrn generate` for text." if hasattr(self.model, "generate") else ".")
+                )
             super()._run_subcommand(subcommand)
         except ValueError as error:  # e.g. a checkpoint trained on another vocabulary
             cause = _find_configuration_error(error)
             if cause is None:
                 raise
             self.parser.exit(2, f"rrn: error: {cause}\n")
+        except NonFiniteLossError as error:
+            self.parser.exit(1, f"rrn: error: {error}\n")
+        except SIGTERMException:
+            callback = self.trainer.checkpoint_callback
+            written = callback.last_words() if isinstance(callback, RunCheckpoint) else ""
+            self.parser.exit(
+                143,
+                f"rrn: stopped by SIGTERM at step {self.trainer.global_step}{written}; continue with the same "
+                "command and --ckpt_path last.\n",
+            )
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyperparameters into the config here, importing the class paths they
+        # name, so the run is resolved and the file checked first: a missing or damaged file, another kind of
+        # model or a class path outside the allowlist ends in one error line, and nothing is imported from it.
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        name = config.run_name or _run_name(config.get("config"))
+        self._run_home = {"save_dir": config.trainer.default_root_dir, "name": name, "version": None}
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            found = latest_checkpoint(config.trainer.default_root_dir, name)
+            if found is None and not (subcommand == "fit" and config.allow_fresh_start):
+                fresh = " or add --allow_fresh_start=true," if subcommand == "fit" else ""
+                where = Path(config.trainer.default_root_dir, name, "version_N", "checkpoints", "last.ckpt")
+                self.parser.exit(
+                    2,
+                    f"rrn: error: --ckpt_path last: run {name!r} has no checkpoint to resume: no {where}. Leave "
+                    f"out --ckpt_path to start a new run,{fresh} choose the run with --run_name, or give a "
+                    "checkpoint file.\n",
+                )
+            ckpt_path = config.ckpt_path = None if found is None else str(found)
+        if ckpt_path not in (None, "best", "hpc"):
+            try:
+                checkpoint = check_checkpoint(ckpt_path, getattr(config.get("model"), "class_path", None))
+            except ConfigurationError as error:
+                self.parser.exit(2, f"rrn: error: {error}\n")
+            home = run_of_checkpoint(ckpt_path)
+            if home is not None:
+                self._run_home = {"save_dir": str(home[0]), "name": home[1], "version": home[2]}
+                if subcommand == "fit":
+                    # Events the interrupted run wrote after this checkpoint are hidden: no step appears twice.
+                    self._run_home["purge_step"] = _logged_steps(checkpoint) + 1
+                else:  # the training run's config.yaml stays as it was
+                    self.save_config_kwargs["config_filename"] = f"config_{subcommand}.yaml"
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.logger in (None, True):
-            name = config.run_name or _run_name(config.get("config"))
             config.trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.TensorBoardLogger",
-                init_args=Namespace(save_dir=config.trainer.default_root_dir, name=name),
+                class_path="rrn_lightning.runs.RunLogger", init_args=Namespace(**self._run_home)
             )
+        callbacks = list(config.trainer.callbacks or [])
         if self.subcommand == "fit" and config.trainer.logger is not False:
             # The learning rate beside the loss curves (lr-Adam, ...), whatever the scheduler makes of it.
-            callbacks = list(config.trainer.callbacks or [])
             if not any(str(getattr(c, "class_path", "")).endswith("LearningRateMonitor") for c in callbacks):
                 callbacks.append(Namespace(class_path=LR_MONITOR, init_args=Namespace()))
-                config.trainer.callbacks = callbacks
+        if self.subcommand == "predict":
+            if not any(str(getattr(c, "class_path", "")).endswith("PredictionWriter") for c in callbacks):
+                callbacks.append(Namespace(class_path="rrn_lightning.runs.PredictionWriter", init_args=Namespace()))
+        config.trainer.callbacks = callbacks
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is not None and trainer.is_global_zero and timer.time_remaining("train") <= 0:
+            limit = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+            planned = f" of max_epochs={limit}" if limit is not None else ""
+            print(
+                f"rrn: training stopped on max_time ({timer._duration:.0f} s of training, counted across resumes) "
+                f"at epoch {trainer.current_epoch}{planned}, step {trainer.global_step}; continue with "
+                "--ckpt_path last and a larger --trainer.max_time."
+            )
+
+
+def _logged_steps(checkpoint: dict) -> int:
+    """The logger's step counter in a checkpoint (Lightning logs at ``_batches_that_stepped``)."""
+    loops = checkpoint.get("loops", {})
+    epoch_loop = loops.get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    return int(epoch_loop.get("_batches_that_stepped", checkpoint.get("global_step", 0)))
 
 
 def _find_configuration_error(error: BaseException) -> ConfigurationError | None:

@@ -16,7 +16,7 @@ from torchmetrics import Metric
 
 from .checks import ConfigurationError, check_positive_ints
 from .core import RecurrentCore
-from .hparams import configure_optimizers, save_config_hyperparameters
+from .hparams import CheckedCheckpointLoading, configure_optimizers, save_config_hyperparameters
 
 __all__ = ["LanguageModel", "TokenNLL"]
 
@@ -44,10 +44,10 @@ class TokenNLL(Metric):
         return mean.exp() if self.exp else mean
 
 
-def _detach(state: Any) -> Any:
+def _detach(state: Any, device: torch.device | None = None) -> Any:
     if isinstance(state, Tensor):
-        return state.detach()
-    return type(state)(_detach(s) for s in state)
+        return state.detach().to(device) if device is not None else state.detach()
+    return tuple(_detach(s, device) for s in state)
 
 
 def _state_batch(state: Any) -> int:
@@ -65,7 +65,7 @@ def _record_input_size(config: Any, input_size: int) -> None:
         init_args["input_size"] = input_size
 
 
-class LanguageModel(LightningModule):
+class LanguageModel(CheckedCheckpointLoading, LightningModule):
     """A word-level language model: embedding (+ dropout), a recurrent core, dropout, softmax over the vocabulary.
 
     Batches are ``(inputs, targets)``, int64 ``[B, T]`` windows of B contiguous streams (``WordLMDataModule``);
@@ -213,10 +213,12 @@ class LanguageModel(LightningModule):
         state = self._states.get(stage)
         if state is None or _state_batch(state) != batch_size:
             return None
-        return _detach(state)
+        return _detach(state, self.device)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str, batch_idx: int) -> Tensor:
         inputs, targets = batch
+        if batch_idx == 0:  # an epoch's first window: its rows start afresh (a resumed epoch starts later)
+            self._states.pop(stage, None)
         hidden, state = self(inputs, self._carried(stage, inputs.shape[0]))
         self._states[stage] = _detach(state)
         nll_sum, count = self.nll(hidden, targets)
@@ -233,22 +235,13 @@ class LanguageModel(LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
+        return self._step(batch, "val", batch_idx)
 
     def test_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
-
-    def on_train_epoch_start(self) -> None:
-        self._states.pop("train", None)
-
-    def on_validation_epoch_start(self) -> None:
-        self._states.pop("val", None)
-
-    def on_test_epoch_start(self) -> None:
-        self._states.pop("test", None)
+        return self._step(batch, "test", batch_idx)
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.optimizer_factory, self.lr_scheduler_factory)
@@ -297,6 +290,8 @@ class LanguageModel(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.vocab_words is not None:
             checkpoint["vocab"] = list(self.vocab_words)
+        if "train" in self._states:  # the state carried into the next training window, for a mid-epoch resume
+            checkpoint["carried_state"] = self._states["train"]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         words = checkpoint.get("vocab")
@@ -309,6 +304,8 @@ class LanguageModel(LightningModule):
         if words is not None and self._trainer is not None:
             self._check_vocab(list(words), "the checkpoint")
         self.vocab_words = None if words is None else list(words)
+        if "carried_state" in checkpoint:
+            self._states["train"] = checkpoint["carried_state"]  # moved to the model's device when used
 
     # -------------------------------------------------------------- text
     @torch.no_grad()

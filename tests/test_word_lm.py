@@ -142,22 +142,23 @@ def test_carried_state_equals_one_long_forward(core):
     whole, _ = model(inputs)
     nll_whole, count_whole = model.nll(whole, targets)
     losses = []
-    for window in (slice(0, 8), slice(8, 20)):
-        loss = model._step((inputs[:, window], targets[:, window]), "train")
+    for index, window in enumerate((slice(0, 8), slice(8, 20))):
+        loss = model.training_step((inputs[:, window], targets[:, window]), index)
         losses.append(loss * (window.stop - window.start))
     assert torch.allclose(sum(losses) / 20, nll_whole / count_whole, atol=1e-5)
-    # The next epoch starts from a fresh state.
-    model.on_train_epoch_start()
-    assert "train" not in model._states
+    # An epoch's first window (batch_idx 0) starts from a fresh state, not the carried one.
+    carried = model.training_step((inputs[:, 8:20], targets[:, 8:20]), 1)
+    fresh = model.training_step((inputs[:, 8:20], targets[:, 8:20]), 0)
+    assert torch.allclose(fresh, model.nll(model(inputs[:, 8:20])[0], targets[:, 8:20])[0] / 36)
+    assert not torch.equal(fresh, carried)
 
 
 def test_validation_leaves_the_training_state_alone():
     model = tiny_lm()
     tokens = torch.randint(30, (2, 6))
-    model._step((tokens[:, :5], tokens[:, 1:]), "train")
+    model.training_step((tokens[:, :5], tokens[:, 1:]), 0)
     before = [s.clone() for s in model._states["train"]]
-    model.on_validation_epoch_start()
-    model._step((torch.randint(30, (2, 5)), torch.randint(30, (2, 5))), "val")
+    model.validation_step((torch.randint(30, (2, 5)), torch.randint(30, (2, 5))), 0)
     assert all(torch.equal(a, b) for a, b in zip(before, model._states["train"], strict=True))
 
 

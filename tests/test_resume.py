@@ -1,0 +1,273 @@
+"""Runs that survive: a run killed at any step and resumed with ``--ckpt_path last`` ends bit-identical to an
+uninterrupted one, in the same run folder and TensorBoard run; ``last.ckpt`` is the latest state; a non-finite loss
+stops the run; signals write a checkpoint; ``fast_dev_run`` writes none; ``rrn predict`` writes its predictions."""
+
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rrn_lightning.cli import cli_main
+
+TESTS = Path(__file__).parent
+EXPERIMENTS = TESTS.parent / "experiments"
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+NTH = [
+    f"--config={EXPERIMENTS / 'nth_farthest' / 'rmc_cpu.yaml'}",
+    "--trainer.max_epochs=2",
+    "--trainer.log_every_n_steps=1",
+    "--data.init_args.batches_per_epoch=10",
+    "--data.init_args.batch_size=16",
+    "--data.init_args.val_size=32",
+    "--checkpoint.every_n_train_steps=3",
+]
+# Learning to Execute with an adaptive curriculum that moves during the run, and a scheduler.
+LTE = [
+    f"--config={EXPERIMENTS / 'learn_to_execute' / 'addition_rmc_cpu.yaml'}",
+    "--trainer.max_epochs=2",
+    "--trainer.log_every_n_steps=1",
+    "--data.init_args.batches_per_epoch=12",
+    "--data.init_args.batch_size=8",
+    "--data.init_args.val_size=16",
+    "--data.init_args.test_size=16",
+    "--data.init_args.curriculum=combined",
+    "--data.init_args.curriculum_window=2",
+    "--trainer.callbacks+=datamodules.CurriculumCallback",
+    "--trainer.callbacks.every_n_steps=2",
+    "--trainer.callbacks.batch_size=8",
+    "--model.init_args.lr_scheduler.init_args.milestones=[1]",
+    "--checkpoint.every_n_train_steps=5",
+]
+# A word language model with dropout, variable BPTT, momentum and a scheduler: the carried core state, the window
+# lengths and the global random state must all come back.
+LM_CONFIG = """\
+seed_everything: 0
+trainer:
+  max_epochs: 2
+  use_distributed_sampler: false
+  log_every_n_steps: 1
+model:
+  class_path: rrn_lightning.LanguageModel
+  init_args:
+    core:
+      class_path: rrn_lightning.RelationalMemory
+      init_args: {input_size: 8, mem_slots: 2, head_size: 4, num_heads: 2}
+    dropout: 0.3
+    optimizer:
+      class_path: torch.optim.SGD
+      init_args: {lr: 1.0, momentum: 0.9}
+    lr_scheduler:
+      class_path: torch.optim.lr_scheduler.MultiStepLR
+      init_args: {milestones: [1]}
+data:
+  class_path: datamodules.WordLMDataModule
+  init_args: {corpus: CORPUS, batch_size: 2, eval_batch_size: 2, bptt: 5, variable_bptt: true}
+checkpoint:
+  monitor: val/loss
+  every_n_train_steps: 3
+"""
+
+
+def rrn(*args: str) -> subprocess.CompletedProcess:
+    """``rrn`` in a subprocess of its own (it may be killed), one thread, with the test callbacks importable."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "rrn_lightning.cli", *args, *QUIET]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from leaves(value, f"{prefix}/{key}")
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            yield from leaves(value, f"{prefix}/{i}")
+    else:
+        yield prefix, tree
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    ours, theirs = dict(leaves(a["optimizer_states"])), dict(leaves(b["optimizer_states"]))
+    assert ours.keys() == theirs.keys()
+    for key, value in ours.items():
+        same = torch.equal(value, theirs[key]) if isinstance(value, torch.Tensor) else value == theirs[key]
+        assert same, key
+
+
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def lm_args(tmp_path: Path) -> list[str]:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(TESTS / "data" / "gettysburg", corpus)
+    config = tmp_path / "lm.yaml"
+    config.write_text(LM_CONFIG.replace("CORPUS", str(corpus)))
+    return [f"--config={config}"]
+
+
+@pytest.mark.parametrize(
+    "family,kill_at,final_step",
+    [("nth_farthest", 7, 20), ("learn_to_execute", 7, 24), ("word_lm", 8, 46)],
+)
+def test_killed_run_resumes_bit_identical_in_its_own_folder(family, kill_at, final_step, tmp_path):
+    args = {"nth_farthest": NTH, "learn_to_execute": LTE}.get(family) or lm_args(tmp_path)
+    root = [f"--trainer.default_root_dir={tmp_path / 'runs'}"]
+    full = rrn("fit", *args, *root, "--run_name=full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = rrn(
+        "fit", *args, *root, "--run_name=cut", "--trainer.callbacks+=interrupt.KillAtStep",
+        f"--trainer.callbacks.step={kill_at}",
+    )
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "runs" / "cut" / "version_0" / "checkpoints" / "last.ckpt"
+    assert 0 < load(last)["global_step"] < kill_at  # a mid-epoch checkpoint, older than the kill
+    resumed = rrn("fit", *args, *root, "--run_name=cut", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "runs" / "cut").iterdir()) == ["version_0"]
+    reference = load(tmp_path / "runs" / "full" / "version_0" / "checkpoints" / "last.ckpt")
+    assert reference["global_step"] == final_step  # after a normal run, last.ckpt holds the final step
+    assert_identical(load(last), reference)
+    # One TensorBoard run whose step curves equal the uninterrupted run's: no gap, no step twice.
+    cut, whole = scalars(last.parents[1]), scalars(tmp_path / "runs" / "full" / "version_0")
+    for tag in ("train/loss_step", "val/loss", "lr-" + ("SGD" if family == "word_lm" else "Adam")):
+        steps = [step for step, _ in cut[tag]]
+        assert not [s for s, n in collections.Counter(steps).items() if n > 1 and tag != "lr-Adam"], tag
+        assert cut[tag] == whole[tag], tag
+
+
+def test_non_finite_loss_stops_the_run_and_writes_no_bad_checkpoint(tmp_path):
+    result = rrn(
+        "fit", *NTH, f"--trainer.default_root_dir={tmp_path}", "--checkpoint.every_n_train_steps=2",
+        "--trainer.callbacks+=interrupt.PoisonAtStep", "--trainer.callbacks.step=5",
+    )
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("rrn: error: non-finite training loss (nan) at step 5")
+    assert "last.ckpt (step 4)" in message
+    checkpoints = list(tmp_path.rglob("*.ckpt"))
+    assert checkpoints and not list(tmp_path.rglob("*.part"))
+    for path in checkpoints:
+        checkpoint = load(path)
+        assert checkpoint["global_step"] <= 4
+        assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+
+
+def test_skip_mode_skips_non_finite_batches_then_stops_after_a_streak(tmp_path):
+    poison = ["--nonfinite.mode=skip", "--nonfinite.max_consecutive=3", "--trainer.callbacks+=interrupt.PoisonBatches"]
+    skipped = rrn(
+        "fit", *NTH, f"--trainer.default_root_dir={tmp_path / 'two'}", *poison,
+        "--trainer.callbacks.first=5", "--trainer.callbacks.last=6",
+    )
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    run = tmp_path / "two" / "nth_farthest_rmc_cpu" / "version_0"
+    counts = dict(scalars(run)["train/skipped_batches"])
+    assert counts[4] == 1.0 and counts[5] == 2.0 and max(counts.values()) == 2.0
+    last = load(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 20
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+    streak = rrn(
+        "fit", *NTH, f"--trainer.default_root_dir={tmp_path / 'many'}", *poison,
+        "--trainer.callbacks.first=5", "--trainer.callbacks.last=20",
+    )
+    assert streak.returncode == 1
+    assert "rrn: error: 3 non-finite training losses in a row (the last nan) at step 7" in streak.stderr
+
+
+def test_sigterm_writes_last_and_exits_143(tmp_path):
+    result = rrn(
+        "fit", *NTH, f"--trainer.default_root_dir={tmp_path}", "--checkpoint.every_n_train_steps=0",
+        "--trainer.callbacks+=interrupt.SignalAtStep", "--trainer.callbacks.step=4",
+    )
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert "rrn: stopped by SIGTERM at step 4" in result.stderr
+    assert load(next(tmp_path.rglob("last.ckpt")))["global_step"] == 4
+
+
+def test_sigusr1_writes_last_and_training_goes_on(tmp_path):
+    result = rrn(
+        "fit", *NTH, f"--trainer.default_root_dir={tmp_path}", "--checkpoint.every_n_train_steps=0",
+        "--trainer.callbacks+=interrupt.SignalAtStep", "--trainer.callbacks.step=4",
+        "--trainer.callbacks.signal_name=SIGUSR1",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "SIGUSR1: wrote" in result.stderr and "at step 4" in result.stderr
+    assert load(next(tmp_path.rglob("last.ckpt")))["global_step"] == 20
+
+
+# ------------------------------------------------------------------------- in-process
+SMALL = [
+    f"--config={EXPERIMENTS / 'nth_farthest' / 'rmc_cpu.yaml'}",
+    "--data.init_args.batches_per_epoch=3",
+    "--data.init_args.batch_size=8",
+    "--data.init_args.val_size=8",
+    "--data.init_args.test_size=8",
+    "--trainer.max_epochs=1",
+    *QUIET,
+]
+
+
+def test_resume_last_without_a_checkpoint_fails_unless_asked_to_start(tmp_path, capsys):
+    root = f"--trainer.default_root_dir={tmp_path}"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *SMALL, root, "--ckpt_path=last"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        "rrn: error: --ckpt_path last: run 'nth_farthest_rmc_cpu' has no checkpoint to resume"
+    )
+    assert not (tmp_path / "nth_farthest_rmc_cpu").exists()
+    cli_main(["fit", *SMALL, root, "--ckpt_path=last", "--allow_fresh_start=true"])
+    assert (tmp_path / "nth_farthest_rmc_cpu" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_fast_dev_run_writes_no_checkpoint(tmp_path):
+    for _ in range(2):
+        cli_main(["fit", *SMALL, f"--trainer.default_root_dir={tmp_path}", "--trainer.fast_dev_run=true"])
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_predict_writes_predictions_in_the_run_folder(tmp_path, capsys):
+    root = f"--trainer.default_root_dir={tmp_path}"
+    cli_main(["fit", *SMALL, root])
+    cli_main(["predict", *SMALL, root, "--ckpt_path=last"])
+    path = tmp_path / "nth_farthest_rmc_cpu" / "version_0" / "predictions.pt"
+    assert f"wrote {path}" in capsys.readouterr().out
+    predictions = torch.load(path, weights_only=True)
+    assert predictions["prediction"].shape == (8,) and predictions["probabilities"].shape == (8, 4)
+    assert torch.allclose(predictions["probabilities"].sum(-1), torch.ones(8))
+    assert (tmp_path / "nth_farthest_rmc_cpu" / "version_0" / "config_predict.yaml").is_file()
+
+
+def test_max_time_stop_is_reported(tmp_path, capsys):
+    cli_main(
+        ["fit", *SMALL, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=100000",
+         "--trainer.max_time=00:00:00:01"]
+    )
+    out = capsys.readouterr().out
+    assert "rrn: training stopped on max_time (1 s of training, counted across resumes)" in out
+    assert "of max_epochs=100000" in out
