@@ -4,7 +4,20 @@ Tokens are ``line.split()`` plus ``<eos>`` at the end of every line (WikiText / 
 fine). The vocabulary is built from the training split only and then frozen; words it lacks map to ``<unk>``.
 Token streams are cached as raw int32 files, memory-mapped on load, under a key made of the input files' paths,
 sizes and modification times, the vocabulary and a format version: editing a split or changing the vocabulary
-settings rebuilds them, a truncated file is detected (its size disagrees with its metadata) and rebuilt.
+settings rebuilds them. The vocabulary is cached too, as ``Vocab.save`` writes it.
+
+Every cache file is checked on load against a JSON file written beside it, and rebuilt from the source text, with
+a warning naming the file and what was wrong, when the check fails:
+
+- a vocabulary cache (a few MB at most) must match the sha256 of its whole content;
+- a token cache must have the size its metadata gives, match the sha256 of a sample of its 4 KiB pages (256 spread
+  evenly, first and last included, plus the file size: every page of a file up to 1 MiB, a 1 MiB read for any
+  larger one), and hold only ids inside the vocabulary (one min/max pass over the memory-mapped array).
+
+The sample catches a truncated, zero-filled or overwritten file; it misses damage confined to pages it does not
+read that keeps every id inside the vocabulary (a few pages zeroed in the middle of a large split, a flipped bit),
+which then trains silently. The full sha256 of the file is stored too (``sha256`` in its JSON, what ``sha256sum``
+prints) to check a suspect cache by hand; deleting the cache folder always rebuilds everything.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -24,10 +38,23 @@ from torch import Tensor
 
 from rrn_lightning.checks import ConfigurationError
 
-__all__ = ["EOS", "UNK", "CorpusError", "Vocab", "count_words", "encode_file", "file_lock", "load_stream"]
+__all__ = [
+    "EOS",
+    "UNK",
+    "CorpusError",
+    "Vocab",
+    "count_words",
+    "encode_file",
+    "file_lock",
+    "load_stream",
+    "load_vocab",
+    "sampled_digest",
+]
 
 UNK, EOS = "<unk>", "<eos>"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: every cache file carries a checksum; older entries get new keys and are rebuilt
+PAGE_BYTES = 4096
+SAMPLED_PAGES = 256  # the token cache's check reads at most 1 MiB, whatever the split's size
 _CHUNK_BYTES = 16 << 20  # text is encoded in pieces of about this size, to bound memory on large corpora
 
 
@@ -97,7 +124,14 @@ class Vocab:
         path = Path(path)
         if not path.is_file():
             raise CorpusError(f"Vocab file {path} does not exist.")
-        words = path.read_text(encoding="utf-8").split("\n")
+        data = path.read_bytes()
+        try:
+            words = data.decode("utf-8").split("\n")
+        except UnicodeDecodeError as error:
+            raise CorpusError(
+                f"Vocab file {path}: not valid UTF-8 (byte {data[error.start]:#04x} at offset {error.start}); "
+                "a vocabulary is saved by Vocab.save, one word per line."
+            ) from None
         if words and words[-1] == "":
             words.pop()
         if not words:
@@ -177,27 +211,109 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def load_stream(path: Path, vocab: Vocab, cache_dir: Path) -> Tensor:
-    """The token ids of ``path`` (int32 [num_tokens]), from the cache when it is valid, else encoded and cached.
+def sampled_digest(path: Path) -> str:
+    """sha256 of a file's size and of ``SAMPLED_PAGES`` of its 4 KiB pages spread evenly, first and last included
+    (every page of a file up to 1 MiB): a checksum whose cost does not grow with the file."""
+    size = path.stat().st_size
+    last = max(0, -(-size // PAGE_BYTES) - 1)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb", buffering=0) as f:
+        for page in sorted({i * last // (SAMPLED_PAGES - 1) for i in range(SAMPLED_PAGES)}):
+            f.seek(page * PAGE_BYTES)
+            digest.update(f.read(PAGE_BYTES))
+    return digest.hexdigest()
 
-    The cached array is memory-mapped: loading costs no reading, whatever the size.
+
+def _read_metadata(meta: Path, *keys: str) -> list:
+    """The values of ``keys`` in a cache file's JSON metadata; a CorpusError when it is missing or unreadable."""
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        return [info[key] for key in keys]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CorpusError(f"its metadata {meta.name} is missing or unreadable ({error!r}).") from None
+
+
+def _read_stream_cache(data: Path, meta: Path, vocab_size: int) -> Tensor:
+    """The cached token ids, memory-mapped, once the checks described at the top of this module pass."""
+    count, sample = _read_metadata(meta, "tokens", "sampled_sha256")
+    if not data.is_file():
+        raise CorpusError(f"it is missing; only its metadata {meta.name} is there.")
+    size = data.stat().st_size
+    if not isinstance(count, int) or count <= 0 or size != 4 * count:
+        raise CorpusError(
+            f"it holds {size} bytes where its metadata {meta.name} says {count!r} int32 tokens."
+        )
+    if sampled_digest(data) != sample:
+        raise CorpusError(f"its content does not match the checksum in {meta.name} (damaged or overwritten).")
+    ids = torch.from_file(str(data), shared=False, size=count, dtype=torch.int32)
+    low, high = torch.aminmax(ids)  # every id, not a sample: one bad id anywhere would crash the embedding
+    if low < 0 or high >= vocab_size:
+        bad = int(low) if low < 0 else int(high)
+        raise CorpusError(f"it holds token id {bad}, outside the vocabulary of {vocab_size} words.")
+    return ids
+
+
+def load_stream(path: Path, vocab: Vocab, cache_dir: Path) -> Tensor:
+    """The token ids of ``path`` (int32 [num_tokens]), from the cache when it passes its checks, else encoded and
+    cached (with a warning when a cache entry was there but failed).
+
+    The cached array is memory-mapped: loading reads a 1 MiB sample of the file and scans its ids once.
     """
     key = file_key(path, vocab=vocab.fingerprint)
     data, meta = cache_dir / f"{path.stem}-{key}.int32", cache_dir / f"{path.stem}-{key}.json"
-    if meta.is_file() and data.is_file():
+    if data.exists() or meta.exists():
         try:
-            count = json.loads(meta.read_text())["tokens"]
-        except (ValueError, KeyError):
-            count = -1
-        if count > 0 and data.stat().st_size == 4 * count:
-            return torch.from_file(str(data), shared=False, size=count, dtype=torch.int32)
+            return _read_stream_cache(data, meta, len(vocab))
+        except CorpusError as error:
+            warnings.warn(
+                f"Token cache {data} of {path.name}: {error} Rebuilding it from {path}.", stacklevel=2
+            )
     ids = _encode(path, vocab)
+    raw = ids.tobytes()
     meta.unlink(missing_ok=True)
-    _atomic_write(data, ids.tobytes())
-    _atomic_write(
-        meta, json.dumps({"tokens": len(ids), "source": str(path), "vocab": vocab.fingerprint}).encode()
-    )
+    _atomic_write(data, raw)
+    info = {
+        "tokens": len(ids),
+        "sampled_sha256": sampled_digest(data),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "source": str(path),
+        "vocab": vocab.fingerprint,
+    }
+    _atomic_write(meta, json.dumps(info).encode())
     return torch.frombuffer(ids, dtype=torch.int32)
+
+
+def _read_vocab_cache(path: Path, meta: Path) -> Vocab:
+    (digest,) = _read_metadata(meta, "sha256")
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise CorpusError(f"it is unreadable ({error!r}).") from None
+    if hashlib.sha256(content).hexdigest() != digest:
+        raise CorpusError(f"its content does not match the sha256 in {meta.name} (damaged or edited).")
+    return Vocab.load(path)
+
+
+def load_vocab(train: Path, cache_dir: Path, min_freq: int = 1, max_size: int | None = None) -> Vocab:
+    """The vocabulary of the training split ``train`` (see ``Vocab.build``), from the cache when its checksum holds,
+    else built and cached (with a warning when a cache entry was there but failed)."""
+    key = file_key(train, min_freq=min_freq, max_size=max_size)
+    path, meta = cache_dir / f"vocab-{key}.txt", cache_dir / f"vocab-{key}.json"
+    if path.exists() or meta.exists():
+        try:
+            return _read_vocab_cache(path, meta)
+        except CorpusError as error:
+            warnings.warn(f"Vocabulary cache {path}: {error} Rebuilding it from {train}.", stacklevel=2)
+    vocab = Vocab.build(count_words(train), min_freq, max_size)
+    meta.unlink(missing_ok=True)
+    vocab.save(path)
+    info = {
+        "words": len(vocab),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "source": str(train),
+    }
+    _atomic_write(meta, json.dumps(info).encode())
+    return vocab
 
 
 _held: dict[str, int] = {}  # locks this process holds, with their nesting depth

@@ -14,19 +14,18 @@ import hashlib
 import math
 import shutil
 import urllib.request
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from rrn_lightning.checks import ConfigurationError, check_positive_ints
 
-from .corpus import CorpusError, Vocab, count_words, file_key, file_lock, load_stream
-from .nth_farthest import stream_seed
+from ._resumable import EpochBatches, stream_seed, training_loader
+from .corpus import CorpusError, Vocab, file_key, file_lock, load_stream, load_vocab
 
 __all__ = ["SPLITS", "BPTTBatches", "WordLMDataModule", "prepare_ptb", "wikitext_rows_to_file"]
 
@@ -164,7 +163,7 @@ def split_books(folder: Path, out: Path, valid_fraction: float, test_fraction: f
 
 
 # ---------------------------------------------------------------------------------------------- batching
-class BPTTBatches(IterableDataset):
+class BPTTBatches(EpochBatches):
     """A token stream cut into ``batch_size`` contiguous rows and read in windows of ``bptt`` steps.
 
     Yields ``(inputs, targets)``, int64 ``[batch_size, window]``, targets being the inputs shifted by one. Under
@@ -173,7 +172,8 @@ class BPTTBatches(IterableDataset):
     rows, padding targets are ``-100`` (ignored by the loss); with ``pad=False`` (training) the remainder that
     does not fill a row is dropped. ``variable_bptt`` draws each window's length as AWD-LSTM does (``bptt``, or
     ``bptt / 2`` with probability 0.05, plus Gaussian noise of std 5, at least 5), from a generator seeded by
-    ``(seed, epoch)``: the same lengths on every rank.
+    ``(seed, epoch)``: the same lengths on every rank. A pass reads epoch ``epoch`` from window ``start`` on
+    (``ResumableLoader`` sets both, so a run resumed mid-epoch continues in the right window).
     """
 
     def __init__(
@@ -205,7 +205,6 @@ class BPTTBatches(IterableDataset):
         self.inputs = inputs.view(batch_size, width)  # [B, width]: row b is one contiguous piece of the shard
         self.targets = targets.view(batch_size, width)
         self.bptt, self.variable_bptt, self.seed = bptt, variable_bptt, seed
-        self.epoch = 0
 
     def window_lengths(self, epoch: int) -> list[int]:
         width = self.inputs.shape[1]
@@ -224,12 +223,12 @@ class BPTTBatches(IterableDataset):
     def __len__(self) -> int:
         return len(self.window_lengths(self.epoch))
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        start = 0
-        for length in self.window_lengths(self.epoch):
-            yield self.inputs[:, start : start + length], self.targets[:, start : start + length]
-            start += length
-        self.epoch += 1
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        lengths = self.window_lengths(epoch)
+        offset = sum(lengths[:start])
+        for length in lengths[start:]:
+            yield self.inputs[:, offset : offset + length], self.targets[:, offset : offset + length]
+            offset += length
 
 
 # ---------------------------------------------------------------------------------------------- the module
@@ -315,20 +314,24 @@ class WordLMDataModule(LightningDataModule):
         return self._cache_dir or self._source_folder() / ".cache"
 
     def _source_folder(self) -> Path:
+        """The corpus's own folder; a ``corpus`` path that is not a folder is refused here, before any cache folder
+        or lock file is made for it."""
         if self.corpus == "ptb" or self.corpus in WIKITEXT:
             return self.data_dir / self.corpus
-        return Path(self.corpus)
+        source = Path(self.corpus)
+        if not source.is_dir():
+            problem = "is not a folder" if source.exists() else "does not exist"
+            raise CorpusError(
+                f"WordLMDataModule: corpus={self.corpus!r} is neither a named corpus nor a folder: {source} "
+                f"{problem}. corpus takes ptb, wikitext-2 or wikitext-103 (fetched into data_dir when missing), or "
+                "an existing folder holding train.txt, valid.txt and test.txt, or .txt books."
+            )
+        return source
 
     def _prepare(self) -> None:
         """Fetch a named corpus if missing, split a folder of books, build or load the vocabulary - once, under a
         file lock, so that DDP ranks (and concurrent runs) never race or read half-written files."""
         source = self._source_folder()
-        named = self.corpus == "ptb" or self.corpus in WIKITEXT
-        if not named and not source.is_dir():
-            raise CorpusError(
-                f"WordLMDataModule: corpus={self.corpus!r} is neither a named corpus (ptb, wikitext-2, wikitext-103) "
-                "nor a folder."
-            )
         with file_lock(self.cache_dir / ".lock"):
             if self.corpus == "ptb" or self.corpus in WIKITEXT:
                 if not all((source / f"{s}.txt").is_file() for s in SPLITS):
@@ -353,21 +356,7 @@ class WordLMDataModule(LightningDataModule):
                     shutil.rmtree(folder, ignore_errors=True)
                     split_books(source, folder, self.valid_fraction, self.test_fraction)
             self._folder = folder
-            self._vocab = self._load_or_build_vocab(folder)
-
-    def _load_or_build_vocab(self, folder: Path) -> Vocab:
-        train = folder / "train.txt"
-        key = file_key(train, min_freq=self.min_freq, max_size=self.max_size)
-        path = self.cache_dir / f"vocab-{key}.txt"
-        if path.is_file():
-            try:
-                return Vocab.load(path)
-            except CorpusError:
-                path.unlink()  # damaged: rebuild
-        counts: Counter = count_words(train)
-        vocab = Vocab.build(counts, self.min_freq, self.max_size)
-        vocab.save(path)
-        return vocab
+            self._vocab = load_vocab(folder / "train.txt", self.cache_dir, self.min_freq, self.max_size)
 
     @property
     def vocab(self) -> Vocab:
@@ -390,8 +379,10 @@ class WordLMDataModule(LightningDataModule):
     def stream(self, split: str) -> Tensor:
         """The token ids of one split, int32 [num_tokens] (memory-mapped from the cache)."""
         if split not in self.streams:
+            # Prepared first: a corpus that is not there fails before any lock file is made.
+            folder, vocab = self.folder, self.vocab
             with file_lock(self.cache_dir / ".lock"):
-                self.streams[split] = load_stream(self.folder / f"{split}.txt", self.vocab, self.cache_dir)
+                self.streams[split] = load_stream(folder / f"{split}.txt", vocab, self.cache_dir)
         return self.streams[split]
 
     # -------------------------------------------------------------- batches
@@ -425,8 +416,8 @@ class WordLMDataModule(LightningDataModule):
         if split not in self._datasets:
             self.setup({"train": "fit", "valid": "validate", "test": "test"}[split])
         dataset = self._datasets[split]
-        if split == "train" and self.trainer is not None:
-            dataset.epoch = self.trainer.current_epoch  # a resumed run reads the epoch's own window lengths
+        if split == "train":
+            return training_loader(self, dataset)  # a resumed run reads its epoch's window lengths from its window
         return DataLoader(dataset, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:

@@ -2,6 +2,7 @@
 cannot make us import code outside the allowlist (resolve_factory, load_from_checkpoint)."""
 
 import os
+import re
 import shutil
 import sys
 import zipfile
@@ -352,3 +353,72 @@ def test_the_cli_refuses_hyperparameters_outside_the_allowlist(runs, tmp_path, p
     with pytest.raises(ConfigurationError, match=message):
         check_checkpoint(bad, "rrn_lightning.SequenceClassifier")
     assert not probe.exists()
+
+
+# --------------------------------------------------------------------- through the rrn CLI
+CLASSIFIER_ARGS = [
+    f"--config={EXPERIMENTS / 'nth_farthest' / 'lstm_cpu.yaml'}",
+    "--data.init_args.batch_size=8",
+    "--data.init_args.val_size=8",
+    "--data.init_args.test_size=8",
+    "--model.init_args.head_sizes=[8]",
+    "--model.init_args.core.init_args.hidden_size=8",
+    *ONE_STEP,
+]
+
+
+def rrn_error(args: list[str], capsys) -> str:
+    """Run the CLI in-process, expect exit status 2 and return its one error line."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "weights_only" not in err
+    lines = [line for line in err.splitlines() if line.startswith("rrn: error:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("case", ["missing", "truncated", "random bytes", "empty"])
+def test_every_subcommand_names_a_bad_checkpoint_in_one_line(subcommand, case, runs, tmp_path, capsys):
+    path = tmp_path / "model.ckpt"
+    BAD_FILES[case][0](path, runs)
+    line = rrn_error([subcommand, *CLASSIFIER_ARGS, f"--ckpt_path={path}"], capsys)
+    assert line.startswith(f"rrn: error: --ckpt_path {path}")
+    assert re.search(BAD_FILES[case][1], line)
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_a_checkpoint_of_another_kind_or_vocabulary_is_refused_by_the_cli(subcommand, runs, tmp_path, capsys):
+    def lm_args(corpus: Path) -> list[str]:
+        return [
+            f"--config={EXPERIMENTS / 'language_modelling' / 'ptb_lstm_small.yaml'}",
+            f"--data.init_args.corpus={corpus}",
+            "--data.init_args.batch_size=2",
+            "--data.init_args.eval_batch_size=2",
+            *ONE_STEP,
+        ]
+
+    same = tmp_path / "same"
+    shutil.copytree(TINY, same)
+    line = rrn_error([subcommand, *lm_args(same), f"--ckpt_path={runs.classifier}"], capsys)
+    assert "holds a SequenceClassifier, not a language model" in line
+    # The model's sizes come from the checkpoint (Lightning reads its hyperparameters), the vocabulary from the
+    # data: a smaller corpus gives another vocabulary size.
+    smaller = tmp_path / "smaller"
+    shutil.copytree(TINY, smaller)
+    (smaller / "train.txt").write_text("four score and seven years ago\n")
+    line = rrn_error([subcommand, *lm_args(smaller), f"--ckpt_path={runs.lm}"], capsys)
+    assert f"--ckpt_path {runs.lm}" in line and "vocabulary" in line
+
+
+def test_a_corpus_path_that_does_not_exist_is_named_and_nothing_is_created(tmp_path, capsys):
+    missing = tmp_path / "no" / "such" / "corpus"
+    line = rrn_error(
+        ["fit", f"--config={EXPERIMENTS / 'language_modelling' / 'ptb_lstm_small.yaml'}",
+         f"--data.init_args.corpus={missing}", *ONE_STEP],
+        capsys,
+    )
+    assert str(missing) in line and "does not exist" in line
+    assert not (tmp_path / "no").exists()
