@@ -45,7 +45,9 @@ class SeededBatches(EpochBatches):
     (seed, r, e): every rank sees its own problems, every epoch new ones. Resuming at position k draws and drops the
     first k batches (generation is a few tensor operations per batch)."""
 
-    def __init__(self, draw: Callable[[torch.Generator], Any], seed: int, per_epoch: int, rank: int = 0) -> None:
+    def __init__(
+        self, draw: Callable[[torch.Generator], Any], seed: int, per_epoch: int, rank: int = 0
+    ) -> None:
         self.draw, self.seed, self.per_epoch, self.rank = draw, seed, per_epoch, rank
 
     def __len__(self) -> int:

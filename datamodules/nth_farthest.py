@@ -141,7 +141,9 @@ class NthFarthestDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # Generation is a few vectorised tensor ops per batch: worker processes would cost more than they save.
-        return training_loader(self, SeededBatches(self._draw, self.train_seed, self.batches_per_epoch, rank_of(self)))
+        return training_loader(
+            self, SeededBatches(self._draw, self.train_seed, self.batches_per_epoch, rank_of(self))
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._eval_set("val"), batch_size=self.batch_size)
@@ -151,4 +153,3 @@ class NthFarthestDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
-

@@ -121,4 +121,6 @@ class SortingDataModule(FixedEvaluationSets, LightningDataModule):
         return self.make(self.batch_size, generator)
 
     def train_dataloader(self) -> DataLoader:
-        return training_loader(self, SeededBatches(self._draw, self.train_seed, self.batches_per_epoch, rank_of(self)))
+        return training_loader(
+            self, SeededBatches(self._draw, self.train_seed, self.batches_per_epoch, rank_of(self))
+        )

@@ -64,7 +64,9 @@ class RRNCLI(LightningCLI):
             "of failing (for job scripts that may be requeued).",
         )
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.filename": "epoch{epoch}-step{step}", "checkpoint.auto_insert_metric_name": False})
+        parser.set_defaults(
+            {"checkpoint.filename": "epoch{epoch}-step{step}", "checkpoint.auto_insert_metric_name": False}
+        )
         parser.add_lightning_class_args(NonFiniteLoss, "nonfinite")
         # Sizes that only the data knows, stated once: the data module computes them, the model receives them.
         # A link whose source the chosen data module lacks is skipped (jsonargparse), so each task family has its
@@ -163,7 +165,9 @@ class RRNCLI(LightningCLI):
                 callbacks.append(Namespace(class_path=LR_MONITOR, init_args=Namespace()))
         if self.subcommand == "predict":
             if not any(str(getattr(c, "class_path", "")).endswith("PredictionWriter") for c in callbacks):
-                callbacks.append(Namespace(class_path="rrn_lightning.runs.PredictionWriter", init_args=Namespace()))
+                callbacks.append(
+                    Namespace(class_path="rrn_lightning.runs.PredictionWriter", init_args=Namespace())
+                )
         config.trainer.callbacks = callbacks
 
     def after_fit(self) -> None:

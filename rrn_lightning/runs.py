@@ -68,7 +68,11 @@ class RunLogger(TensorBoardLogger):
     interrupted run wrote at or after that step, so a resumed run's curves continue without duplicated steps."""
 
     def __init__(
-        self, save_dir: str, name: str = "lightning_logs", version: int | None = None, purge_step: int | None = None
+        self,
+        save_dir: str,
+        name: str = "lightning_logs",
+        version: int | None = None,
+        purge_step: int | None = None,
     ) -> None:
         extra = {} if purge_step is None else {"purge_step": purge_step}
         # No placeholder hp_metric: it would be logged again at step 0 by every resumed run.
@@ -135,7 +139,11 @@ class RunCheckpoint(ModelCheckpoint):
                 f"checkpoint: save_last must be true, got save_last={save_last!r}: last.ckpt is what "
                 "`rrn fit --ckpt_path last` resumes. Set save_top_k to choose how many best checkpoints to keep."
             )
-        if isinstance(every_n_train_steps, bool) or not isinstance(every_n_train_steps, int) or every_n_train_steps < 0:
+        if (
+            isinstance(every_n_train_steps, bool)
+            or not isinstance(every_n_train_steps, int)
+            or every_n_train_steps < 0
+        ):
             raise ConfigurationError(
                 "checkpoint: every_n_train_steps must be 0 or a positive integer, got "
                 f"every_n_train_steps={every_n_train_steps!r}."
@@ -164,14 +172,20 @@ class RunCheckpoint(ModelCheckpoint):
     def _writes(self, trainer: Trainer) -> bool:
         from lightning.pytorch.trainer.states import TrainerFn
 
-        return not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        return (
+            not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        )
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._rng_to_restore is not None:
             _set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         requested = self._usr1.is_set()
         due = self.last_every_n_steps > 0 and trainer.global_step % self.last_every_n_steps == 0
@@ -186,7 +200,9 @@ class RunCheckpoint(ModelCheckpoint):
             self.write_last(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._writes(trainer) and (self.last_written is None or self.last_written[1] != trainer.global_step):
+        if self._writes(trainer) and (
+            self.last_written is None or self.last_written[1] != trainer.global_step
+        ):
             self.write_last(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -337,7 +353,9 @@ class PredictionWriter(BasePredictionWriter):
         self.filename = filename
         self.path: Path | None = None
 
-    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions, batch_indices) -> None:
+    def write_on_epoch_end(
+        self, trainer: Trainer, pl_module: LightningModule, predictions, batch_indices
+    ) -> None:
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         if not batches:
             return

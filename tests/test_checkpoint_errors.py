@@ -416,8 +416,12 @@ def test_a_checkpoint_of_another_kind_or_vocabulary_is_refused_by_the_cli(subcom
 def test_a_corpus_path_that_does_not_exist_is_named_and_nothing_is_created(tmp_path, capsys):
     missing = tmp_path / "no" / "such" / "corpus"
     line = rrn_error(
-        ["fit", f"--config={EXPERIMENTS / 'language_modelling' / 'ptb_lstm_small.yaml'}",
-         f"--data.init_args.corpus={missing}", *ONE_STEP],
+        [
+            "fit",
+            f"--config={EXPERIMENTS / 'language_modelling' / 'ptb_lstm_small.yaml'}",
+            f"--data.init_args.corpus={missing}",
+            *ONE_STEP,
+        ],
         capsys,
     )
     assert str(missing) in line and "does not exist" in line

@@ -78,7 +78,9 @@ def test_datamodule_sizes_and_fixed_eval_sets():
 
 
 def small(**kwargs):
-    return NthFarthestDataModule(**{"num_vectors": 3, "num_features": 2, "batch_size": 8, "batches_per_epoch": 2, **kwargs})
+    return NthFarthestDataModule(
+        **{"num_vectors": 3, "num_features": 2, "batch_size": 8, "batches_per_epoch": 2, **kwargs}
+    )
 
 
 def first_batch(dm):
@@ -116,7 +118,6 @@ def test_docstring_example_is_right():
     assert distance.argsort(descending=True).tolist() == [0, 1, 2]
     assert [round(d, 2) for d in distance.tolist()] == [1.58, 0.14, 0.0]
     assert "1.58" in NthFarthestDataModule.__doc__ and "0.14" in NthFarthestDataModule.__doc__
-
 
 
 def test_a_loader_resumes_mid_epoch_from_its_state():

@@ -139,7 +139,11 @@ def test_killed_run_resumes_bit_identical_in_its_own_folder(family, kill_at, fin
     full = rrn("fit", *args, *root, "--run_name=full")
     assert full.returncode == 0, full.stderr[-3000:]
     killed = rrn(
-        "fit", *args, *root, "--run_name=cut", "--trainer.callbacks+=interrupt.KillAtStep",
+        "fit",
+        *args,
+        *root,
+        "--run_name=cut",
+        "--trainer.callbacks+=interrupt.KillAtStep",
         f"--trainer.callbacks.step={kill_at}",
     )
     assert killed.returncode == -signal.SIGKILL
@@ -161,8 +165,12 @@ def test_killed_run_resumes_bit_identical_in_its_own_folder(family, kill_at, fin
 
 def test_non_finite_loss_stops_the_run_and_writes_no_bad_checkpoint(tmp_path):
     result = rrn(
-        "fit", *NTH, f"--trainer.default_root_dir={tmp_path}", "--checkpoint.every_n_train_steps=2",
-        "--trainer.callbacks+=interrupt.PoisonAtStep", "--trainer.callbacks.step=5",
+        "fit",
+        *NTH,
+        f"--trainer.default_root_dir={tmp_path}",
+        "--checkpoint.every_n_train_steps=2",
+        "--trainer.callbacks+=interrupt.PoisonAtStep",
+        "--trainer.callbacks.step=5",
     )
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
@@ -177,10 +185,18 @@ def test_non_finite_loss_stops_the_run_and_writes_no_bad_checkpoint(tmp_path):
 
 
 def test_skip_mode_skips_non_finite_batches_then_stops_after_a_streak(tmp_path):
-    poison = ["--nonfinite.mode=skip", "--nonfinite.max_consecutive=3", "--trainer.callbacks+=interrupt.PoisonBatches"]
+    poison = [
+        "--nonfinite.mode=skip",
+        "--nonfinite.max_consecutive=3",
+        "--trainer.callbacks+=interrupt.PoisonBatches",
+    ]
     skipped = rrn(
-        "fit", *NTH, f"--trainer.default_root_dir={tmp_path / 'two'}", *poison,
-        "--trainer.callbacks.first=5", "--trainer.callbacks.last=6",
+        "fit",
+        *NTH,
+        f"--trainer.default_root_dir={tmp_path / 'two'}",
+        *poison,
+        "--trainer.callbacks.first=5",
+        "--trainer.callbacks.last=6",
     )
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     run = tmp_path / "two" / "nth_farthest_rmc_cpu" / "version_0"
@@ -190,8 +206,12 @@ def test_skip_mode_skips_non_finite_batches_then_stops_after_a_streak(tmp_path):
     assert last["global_step"] == 20
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
     streak = rrn(
-        "fit", *NTH, f"--trainer.default_root_dir={tmp_path / 'many'}", *poison,
-        "--trainer.callbacks.first=5", "--trainer.callbacks.last=20",
+        "fit",
+        *NTH,
+        f"--trainer.default_root_dir={tmp_path / 'many'}",
+        *poison,
+        "--trainer.callbacks.first=5",
+        "--trainer.callbacks.last=20",
     )
     assert streak.returncode == 1
     assert "rrn: error: 3 non-finite training losses in a row (the last nan) at step 7" in streak.stderr
@@ -199,8 +219,12 @@ def test_skip_mode_skips_non_finite_batches_then_stops_after_a_streak(tmp_path):
 
 def test_sigterm_writes_last_and_exits_143(tmp_path):
     result = rrn(
-        "fit", *NTH, f"--trainer.default_root_dir={tmp_path}", "--checkpoint.every_n_train_steps=0",
-        "--trainer.callbacks+=interrupt.SignalAtStep", "--trainer.callbacks.step=4",
+        "fit",
+        *NTH,
+        f"--trainer.default_root_dir={tmp_path}",
+        "--checkpoint.every_n_train_steps=0",
+        "--trainer.callbacks+=interrupt.SignalAtStep",
+        "--trainer.callbacks.step=4",
     )
     assert result.returncode == 143, result.stderr[-2000:]
     assert "rrn: stopped by SIGTERM at step 4" in result.stderr
@@ -209,8 +233,12 @@ def test_sigterm_writes_last_and_exits_143(tmp_path):
 
 def test_sigusr1_writes_last_and_training_goes_on(tmp_path):
     result = rrn(
-        "fit", *NTH, f"--trainer.default_root_dir={tmp_path}", "--checkpoint.every_n_train_steps=0",
-        "--trainer.callbacks+=interrupt.SignalAtStep", "--trainer.callbacks.step=4",
+        "fit",
+        *NTH,
+        f"--trainer.default_root_dir={tmp_path}",
+        "--checkpoint.every_n_train_steps=0",
+        "--trainer.callbacks+=interrupt.SignalAtStep",
+        "--trainer.callbacks.step=4",
         "--trainer.callbacks.signal_name=SIGUSR1",
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -237,8 +265,10 @@ def test_resume_last_without_a_checkpoint_fails_unless_asked_to_start(tmp_path, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith(
-        "rrn: error: --ckpt_path last: run 'nth_farthest_rmc_cpu' has no checkpoint to resume"
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("rrn: error: --ckpt_path last: run 'nth_farthest_rmc_cpu' has no checkpoint to resume")
     )
     assert not (tmp_path / "nth_farthest_rmc_cpu").exists()
     cli_main(["fit", *SMALL, root, "--ckpt_path=last", "--allow_fresh_start=true"])
@@ -265,8 +295,13 @@ def test_predict_writes_predictions_in_the_run_folder(tmp_path, capsys):
 
 def test_max_time_stop_is_reported(tmp_path, capsys):
     cli_main(
-        ["fit", *SMALL, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=100000",
-         "--trainer.max_time=00:00:00:01"]
+        [
+            "fit",
+            *SMALL,
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_epochs=100000",
+            "--trainer.max_time=00:00:00:01",
+        ]
     )
     out = capsys.readouterr().out
     assert "rrn: training stopped on max_time (1 s of training, counted across resumes)" in out
