@@ -7,11 +7,17 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .checks import ConfigurationError, check_positive_ints
 from .core import RecurrentCore
-from .hparams import CheckedCheckpointLoading, configure_optimizers, save_config_hyperparameters
+from .hparams import (
+    CheckedCheckpointLoading,
+    ResumableTrainingMetrics,
+    configure_optimizers,
+    save_config_hyperparameters,
+)
 
 __all__ = ["SequenceClassifier", "mlp"]
 
@@ -42,7 +48,7 @@ def unpack_batch(batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
     )
 
 
-class SequenceClassifier(CheckedCheckpointLoading, LightningModule):
+class SequenceClassifier(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModule):
     """Classify a sequence from the core's output at its last (real) step.
 
     Batches are ``(inputs [B, T, ...], labels [B])`` or ``(inputs, labels, lengths [B])`` for padded sequences;
@@ -85,9 +91,16 @@ class SequenceClassifier(CheckedCheckpointLoading, LightningModule):
         self.head = mlp(core.output_size, tuple(head_sizes), num_classes)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.train_loss = (
+            MeanMetric()
+        )  # the training loss as a metric, so that checkpoints hold its epoch sums
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._persist_training_metrics()
+
+    def training_metrics(self) -> list[Metric]:
+        return [self.train_loss, self.train_acc]
 
     def forward(self, inputs: Tensor, lengths: Tensor | None = None) -> Tensor:
         """inputs ``[B, T, ...]`` -> logits ``[B, num_classes]``."""
@@ -109,15 +122,13 @@ class SequenceClassifier(CheckedCheckpointLoading, LightningModule):
         accuracy(logits, labels)
         on_step = stage == "train"
         size = labels.shape[0]
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=size,
-        )
+        if on_step:
+            self.train_loss(loss.detach(), size)
+            self.log(
+                "train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size
+            )
+        else:
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
         self.log(f"{stage}/acc", accuracy, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size)
         return loss
 

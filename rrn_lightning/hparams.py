@@ -12,6 +12,7 @@ from lightning.pytorch.core.saving import load_hparams_from_yaml
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import Metric
 
 from .checkpoints import check_checkpoint, check_hyperparameters, import_allowed, saved_hyperparameters
 
@@ -74,6 +75,35 @@ class CheckedCheckpointLoading:
         return super().load_from_checkpoint(
             checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
         )
+
+
+class ResumableTrainingMetrics:
+    """Mixin of our LightningModules: the training metrics they name in ``training_metrics()`` (torchmetrics
+    objects) are saved in checkpoints and restart at each epoch's first batch, so the epoch aggregates of an epoch
+    resumed mid-way (``train/loss_epoch``, ``train/acc_epoch``, ...) count the batches before the interruption too.
+    Checkpoints written before they were saved load with those states at zero."""
+
+    def training_metrics(self) -> list[Metric]:
+        raise NotImplementedError
+
+    def _persist_training_metrics(self) -> None:
+        for metric in self.training_metrics():
+            metric.persistent(True)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if batch_idx == 0:  # a checkpoint taken at the end of the previous epoch holds its full sums
+            for metric in self.training_metrics():
+                metric.reset()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            names = {id(m): name for name, m in self.named_modules()}
+            for metric in self.training_metrics():
+                prefix = names[id(metric)]
+                for key, value in metric.state_dict().items():
+                    state.setdefault(f"{prefix}.{key}", value)
+        super().on_load_checkpoint(checkpoint)
 
 
 def configure_optimizers(module, optimizer, lr_scheduler):

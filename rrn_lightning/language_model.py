@@ -16,7 +16,12 @@ from torchmetrics import Metric
 
 from .checks import ConfigurationError, check_positive_ints
 from .core import RecurrentCore
-from .hparams import CheckedCheckpointLoading, configure_optimizers, save_config_hyperparameters
+from .hparams import (
+    CheckedCheckpointLoading,
+    ResumableTrainingMetrics,
+    configure_optimizers,
+    save_config_hyperparameters,
+)
 
 __all__ = ["LanguageModel", "TokenNLL"]
 
@@ -65,7 +70,7 @@ def _record_input_size(config: Any, input_size: int) -> None:
         init_args["input_size"] = input_size
 
 
-class LanguageModel(CheckedCheckpointLoading, LightningModule):
+class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModule):
     """A word-level language model: embedding (+ dropout), a recurrent core, dropout, softmax over the vocabulary.
 
     Batches are ``(inputs, targets)``, int64 ``[B, T]`` windows of B contiguous streams (``WordLMDataModule``);
@@ -172,6 +177,8 @@ class LanguageModel(CheckedCheckpointLoading, LightningModule):
                 for kind in ("loss", "ppl")
             }
         )
+        self.train_loss = TokenNLL()  # the training loss as a metric, so that checkpoints hold its epoch sums
+        self._persist_training_metrics()
         self._states: dict[str, Any] = {}  # the carried core state, per stage
         self.vocab_words: list[str] | None = None  # the vocabulary, stored in checkpoints
 
@@ -226,7 +233,8 @@ class LanguageModel(CheckedCheckpointLoading, LightningModule):
         if self._trainer is None:  # called outside a Trainer
             return loss
         if stage == "train":
-            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(count))
+            self.train_loss(nll_sum, count)
+            self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         else:
             for kind in ("loss", "ppl"):
                 metric = self.metrics[f"{stage}_{kind}"]
@@ -242,6 +250,9 @@ class LanguageModel(CheckedCheckpointLoading, LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> Tensor:
         return self._step(batch, "test", batch_idx)
+
+    def training_metrics(self) -> list[Metric]:
+        return [self.train_loss]
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.optimizer_factory, self.lr_scheduler_factory)
@@ -294,6 +305,7 @@ class LanguageModel(CheckedCheckpointLoading, LightningModule):
             checkpoint["carried_state"] = self._states["train"]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         words = checkpoint.get("vocab")
         if words is not None and len(words) != self.vocab_size:
             raise ConfigurationError(

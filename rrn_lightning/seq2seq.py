@@ -10,12 +10,17 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 
 from .checks import ConfigurationError, check_positive_ints
 from .classifier import mlp
 from .core import RecurrentCore
-from .hparams import CheckedCheckpointLoading, configure_optimizers, save_config_hyperparameters
+from .hparams import (
+    CheckedCheckpointLoading,
+    ResumableTrainingMetrics,
+    configure_optimizers,
+    save_config_hyperparameters,
+)
 
 __all__ = ["Seq2Seq", "SequenceAccuracy"]
 
@@ -48,7 +53,7 @@ class SequenceAccuracy(Metric):
         return self.correct.float() / self.total.clamp(min=1)
 
 
-class Seq2Seq(CheckedCheckpointLoading, LightningModule):
+class Seq2Seq(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModule):
     """Read a padded input sequence, then produce the output sequence.
 
     Batches are ``(inputs [B, T_in, D], input_lengths [B], targets [B, T_out], target_lengths [B])`` with targets
@@ -120,6 +125,13 @@ class Seq2Seq(CheckedCheckpointLoading, LightningModule):
                 for kind in ("char", "seq")
             }
         )
+        self.train_loss = (
+            MeanMetric()
+        )  # the training loss as a metric, so that checkpoints hold its epoch sums
+        self._persist_training_metrics()
+
+    def training_metrics(self) -> list[Metric]:
+        return [self.train_loss, self.metrics["train_char"], self.metrics["train_seq"]]
 
     @property
     def decoder(self) -> RecurrentCore:
@@ -166,15 +178,11 @@ class Seq2Seq(CheckedCheckpointLoading, LightningModule):
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
         predictions = logits.argmax(-1)
         B = targets.shape[0]
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=B,
-        )
+        if stage == "train":
+            self.train_loss(loss.detach(), B)
+            self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=B)
+        else:
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=B)
         for kind in ("char", "seq"):
             metric = self.metrics[f"{stage}_{kind}"]
             metric.update(predictions, targets)
