@@ -291,9 +291,11 @@ def _check_kind(checkpoint: dict, model: Any, where: str) -> None:
 
 def _check_shapes(theirs: dict, model: Any, where: str) -> None:
     ours = model.state_dict()
+    # Training metric sums that older checkpoints lack: the module fills them in when it loads.
+    optional = model.training_metric_states() if hasattr(model, "training_metric_states") else {}
     for name, tensor in ours.items():
         if name not in theirs:
-            if not getattr(model, "strict_loading", True):
+            if not getattr(model, "strict_loading", True) or name in optional:
                 continue
             raise ConfigurationError(
                 f"{where} does not fit this model: it lacks {name}; "

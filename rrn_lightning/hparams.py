@@ -9,7 +9,7 @@ from os import PathLike
 from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.pytorch import LightningModule
 from lightning.pytorch.core.saving import load_hparams_from_yaml
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import Metric
@@ -95,14 +95,20 @@ class ResumableTrainingMetrics:
             for metric in self.training_metrics():
                 metric.reset()
 
+    def training_metric_states(self) -> dict[str, Tensor]:
+        """The training metrics' entries of ``state_dict()``, by key."""
+        names = {id(m): name for name, m in self.named_modules()}
+        return {
+            f"{names[id(metric)]}.{key}": value
+            for metric in self.training_metrics()
+            for key, value in metric.state_dict().items()
+        }
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("state_dict")
         if state is not None:
-            names = {id(m): name for name, m in self.named_modules()}
-            for metric in self.training_metrics():
-                prefix = names[id(metric)]
-                for key, value in metric.state_dict().items():
-                    state.setdefault(f"{prefix}.{key}", value)
+            for key, value in self.training_metric_states().items():
+                state.setdefault(key, value)
         super().on_load_checkpoint(checkpoint)
 
 

@@ -313,3 +313,22 @@ def test_max_time_stop_is_reported(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "rrn: training stopped on max_time (1 s of training, counted across resumes)" in out
     assert "of max_epochs=100000" in out
+
+
+def test_a_checkpoint_without_training_metric_sums_still_loads(tmp_path):
+    """Checkpoints written before the training metrics were saved in them load, with those sums at zero."""
+    cli_main(["fit", *SMALL, f"--trainer.default_root_dir={tmp_path}"])
+    path = next(tmp_path.rglob("last.ckpt"))
+    checkpoint = torch.load(path, weights_only=True)
+    dropped = [key for key in checkpoint["state_dict"] if key.startswith(("train_loss.", "train_acc."))]
+    assert dropped
+    for key in dropped:
+        del checkpoint["state_dict"][key]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    from rrn_lightning import SequenceClassifier
+
+    model = SequenceClassifier.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert all(float(model.state_dict()[key].sum()) == 0 for key in dropped)
+    cli_main(
+        ["test", *SMALL, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={tmp_path / 'old.ckpt'}"]
+    )
