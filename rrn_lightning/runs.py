@@ -262,7 +262,7 @@ class RunCheckpoint(ModelCheckpoint):
     def last_words(self) -> str:
         """Where the last good state is, for error messages."""
         if self.last_written is None:
-            return " (no checkpoint had been written yet)"
+            return "; no checkpoint had been written yet"
         path, step = self.last_written
         return f"; the last good checkpoint is {path} (step {step})"
 
