@@ -35,7 +35,10 @@ def main() -> None:
     state = model.state_dict()
     moments = [{"exp_avg": p.detach().clone(), "exp_avg_sq": p.detach().clone()} for p in model.parameters()]
     quick = {"state_dict": state, "optimizer_states": [{"state": dict(enumerate(moments))}]}
-    ptb_small = {"state_dict": {"weights": torch.randn(4_653_200)}, "optimizer_states": []}  # 4,653,200 parameters
+    ptb_small = {
+        "state_dict": {"weights": torch.randn(4_653_200)},
+        "optimizer_states": [],
+    }  # 4,653,200 parameters
     out = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, obj, reps in (("quick_start", quick, 10), ("ptb_small", ptb_small, 5)):

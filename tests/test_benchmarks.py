@@ -51,3 +51,15 @@ def test_corpus_speed_benchmark_smoke():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["tokens"] == 20000 + 1000  # 20 words per line plus one <eos> each
     assert report["encode_tokens_per_s"] > 0 and report["cached_load_s"] >= 0
+
+
+def test_checkpoint_write_benchmark_smoke():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "checkpoint_write.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["quick_start_mb"] > 1 and report["ptb_small_mb"] > 18 and report["quick_start_write_s"] > 0
