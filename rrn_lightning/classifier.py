@@ -91,9 +91,9 @@ class SequenceClassifier(CheckedCheckpointLoading, ResumableTrainingMetrics, Lig
         self.head = mlp(core.output_size, tuple(head_sizes), num_classes)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.train_loss = (
-            MeanMetric()
-        )  # the training loss as a metric, so that checkpoints hold its epoch sums
+        # The training loss as a metric, so that checkpoints hold its epoch sums; batches that NonFiniteLoss skips
+        # are left out.
+        self.train_loss = MeanMetric(nan_strategy="ignore")
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -177,9 +177,9 @@ class RRNCLI(LightningCLI):
             limit = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
             planned = f" of max_epochs={limit}" if limit is not None else ""
             print(
-                f"rrn: training stopped on max_time ({timer._duration:.0f} s of training, counted across resumes) "
-                f"at epoch {trainer.current_epoch}{planned}, step {trainer.global_step}; continue with "
-                "--ckpt_path last and a larger --trainer.max_time."
+                f"rrn: training stopped on max_time after {timer.time_elapsed('train'):.0f} s of training "
+                f"(counted across resumes) at epoch {trainer.current_epoch}{planned}, step {trainer.global_step}; "
+                "continue with --ckpt_path last and a larger --trainer.max_time."
             )
 
 

@@ -30,18 +30,24 @@ IGNORE_INDEX = -100
 
 class TokenNLL(Metric):
     """Mean negative log-likelihood per token over everything seen: sum of NLL / number of tokens, summed over
-    DDP ranks before the division (so it is exact, whatever each rank saw). ``exp=True`` gives perplexity."""
+    DDP ranks before the division (so it is exact, whatever each rank saw). ``exp=True`` gives perplexity.
+    ``finite_only=True`` leaves out batches whose sum is not finite (batches that ``NonFiniteLoss`` skips)."""
 
     full_state_update = False
 
-    def __init__(self, exp: bool = False) -> None:
+    def __init__(self, exp: bool = False, finite_only: bool = False) -> None:
         super().__init__()
-        self.exp = exp
+        self.exp, self.finite_only = exp, finite_only
         self.add_state("nll", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("tokens", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, nll_sum: Tensor, tokens: Tensor | int) -> None:
-        self.nll += nll_sum.detach().to(torch.float64)
+        nll_sum = nll_sum.detach().to(torch.float64)
+        tokens = torch.as_tensor(tokens, device=nll_sum.device)
+        if self.finite_only:  # torch.where, not an if: no wait for the device
+            keep = torch.isfinite(nll_sum)
+            nll_sum, tokens = torch.where(keep, nll_sum, 0.0), torch.where(keep, tokens, 0)
+        self.nll += nll_sum
         self.tokens += tokens
 
     def compute(self) -> Tensor:
@@ -177,7 +183,8 @@ class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, Lightnin
                 for kind in ("loss", "ppl")
             }
         )
-        self.train_loss = TokenNLL()  # the training loss as a metric, so that checkpoints hold its epoch sums
+        # The training loss as a metric, so that checkpoints hold its epoch sums.
+        self.train_loss = TokenNLL(finite_only=True)
         self._persist_training_metrics()
         self._states: dict[str, Any] = {}  # the carried core state, per stage
         self.vocab_words: list[str] | None = None  # the vocabulary, stored in checkpoints

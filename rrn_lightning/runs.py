@@ -98,7 +98,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _all_finite(module: LightningModule) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+    """Whether every weight (parameters and buffers; not the training metrics' sums) is finite."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -125,9 +125,9 @@ class Seq2Seq(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModul
                 for kind in ("char", "seq")
             }
         )
-        self.train_loss = (
-            MeanMetric()
-        )  # the training loss as a metric, so that checkpoints hold its epoch sums
+        # The training loss as a metric, so that checkpoints hold its epoch sums; batches that NonFiniteLoss skips
+        # are left out.
+        self.train_loss = MeanMetric(nan_strategy="ignore")
         self._persist_training_metrics()
 
     def training_metrics(self) -> list[Metric]:

@@ -178,6 +178,17 @@ def test_perplexity_is_exp_of_token_mean_nll():
     assert metric.compute().item() == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
+def test_training_loss_metric_leaves_out_skipped_non_finite_batches():
+    from rrn_lightning.language_model import TokenNLL
+
+    kept, every = TokenNLL(finite_only=True), TokenNLL()
+    for nll_sum, tokens in ((torch.tensor(6.0), 3), (torch.tensor(float("nan")), 4), (torch.tensor(2.0), 1)):
+        kept.update(nll_sum, tokens)
+        every.update(nll_sum, tokens)
+    assert kept.compute().item() == 2.0 and int(kept.tokens) == 4
+    assert math.isnan(every.compute().item())  # validation and test keep a nan visible
+
+
 def test_adaptive_softmax_is_a_distribution_and_its_loss_matches():
     model = tiny_lm(adaptive_softmax_cutoffs=[5, 15], adaptive_softmax_div_value=2.0)
     hidden, _ = model(torch.randint(30, (2, 4)))
