@@ -6,6 +6,7 @@ import inspect
 import warnings
 from os import PathLike
 
+import torch
 from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.pytorch import LightningModule
 from lightning.pytorch.core.saving import load_hparams_from_yaml
@@ -107,8 +108,14 @@ class ResumableTrainingMetrics:
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("state_dict")
         if state is not None:
+            # The checkpoint holds rank 0's sums: under DDP the other ranks start the resumed epoch from zero, so
+            # that no batch is counted twice when the ranks' sums are added up.
+            other_rank = self._trainer is not None and self.trainer.global_rank != 0
             for key, value in self.training_metric_states().items():
-                state.setdefault(key, value)
+                if other_rank:
+                    state[key] = torch.zeros_like(value)  # our training metrics' states are all sums
+                else:
+                    state.setdefault(key, value)
         super().on_load_checkpoint(checkpoint)
 
 
