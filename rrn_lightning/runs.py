@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -172,8 +173,6 @@ class RunCheckpoint(ModelCheckpoint):
 
     # -------------------------------------------------------------- when
     def _writes(self, trainer: Trainer) -> bool:
-        from lightning.pytorch.trainer.states import TrainerFn
-
         return (
             not trainer.fast_dev_run and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
         )
@@ -189,7 +188,8 @@ class RunCheckpoint(ModelCheckpoint):
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        requested = self._usr1.is_set()
+        # Any rank's SIGUSR1 makes every rank write (the write is collective).
+        requested = trainer.strategy.reduce_boolean_decision(self._usr1.is_set(), all=False)
         due = self.last_every_n_steps > 0 and trainer.global_step % self.last_every_n_steps == 0
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if (requested or (due and not last_batch)) and self._writes(trainer):
