@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from rrn_lightning import LSTMCore, RelationalMemory  # noqa: E402
-from rrn_lightning.reference import ReferenceRelationalMemory  # noqa: E402
+from rrn_lightning.cores import ReferenceRelationalMemory  # noqa: E402
 
 
 @dataclass(frozen=True)

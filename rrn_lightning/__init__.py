@@ -3,9 +3,7 @@
 The cores (``RelationalMemory``, ``LSTMCore``) are plain ``nn.Module``s; the LightningModules wrap a core passed in.
 """
 
-from .core import RecurrentCore
-from .lstm import LSTMCore
-from .memory import RelationalMemory
+from .cores import LSTMCore, RecurrentCore, RelationalMemory
 
 __version__ = "0.1.0"
 

@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from .checks import ConfigurationError
-from .core import RecurrentCore
+from .cores import RecurrentCore
 
 __all__ = [
     "KINDS",

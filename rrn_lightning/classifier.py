@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .checks import ConfigurationError, check_positive_ints
-from .core import RecurrentCore
+from .cores import RecurrentCore
 from .hparams import (
     CheckedCheckpointLoading,
     ResumableTrainingMetrics,

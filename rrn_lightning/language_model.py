@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from .checks import ConfigurationError, check_positive_ints
-from .core import RecurrentCore
+from .cores import RecurrentCore
 from .hparams import (
     CheckedCheckpointLoading,
     ResumableTrainingMetrics,

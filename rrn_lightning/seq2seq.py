@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric, Metric
 
 from .checks import ConfigurationError, check_positive_ints
 from .classifier import mlp
-from .core import RecurrentCore
+from .cores import RecurrentCore
 from .hparams import (
     CheckedCheckpointLoading,
     ResumableTrainingMetrics,

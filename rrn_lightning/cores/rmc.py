@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _fused
-from .checks import ConfigurationError, check_positive_ints
-from .core import RecurrentCore
+from ..checks import ConfigurationError, check_positive_ints
+from .base import RecurrentCore
 
 __all__ = ["RelationalMemory", "sonnet_linear_init_"]
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .memory import RelationalMemory
+from .rmc import RelationalMemory
 
 __all__ = ["ReferenceRelationalMemory"]
 

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .checks import ConfigurationError, check_positive_ints
-from .core import RecurrentCore
+from ..checks import ConfigurationError, check_positive_ints
+from .base import RecurrentCore
 
 __all__ = ["LSTMCore"]
 
