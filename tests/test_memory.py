@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rrn_lightning import RelationalMemory
-from rrn_lightning.cores import rmc as memory_module
 from rrn_lightning.cores import ReferenceRelationalMemory
+from rrn_lightning.cores import rmc as memory_module
 
 B, D = 3, 7
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _fused
 from ..checks import ConfigurationError, check_positive_ints
+from . import _fused
 from .base import RecurrentCore
 
 __all__ = ["RelationalMemory", "sonnet_linear_init_"]
