@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from datamodules import make_nth_farthest  # noqa: E402
 from rrn_lightning import LSTMCore, RelationalMemory  # noqa: E402
-from rrn_lightning.classifier import mlp  # noqa: E402
+from rrn_lightning.tasks.base import mlp  # noqa: E402
 
 
 def train(precision: str, core_name: str, steps: int, seed: int = 0) -> dict:

@@ -1,10 +1,15 @@
-"""LightningDataModules for rrn-lightning: algorithmic tasks generated on the fly and language-modelling corpora."""
+"""LightningDataModules for rrn-lightning: algorithmic tasks generated on the fly and language-modelling corpora.
 
+They know nothing of models: what they share with `rrn_lightning` (errors, ids, batch types) comes from
+`rrn_lightning.common`, which imports no model code.
+"""
+
+from .bptt import BPTTBatches
 from .corpus import CorpusError, Vocab
 from .learn_to_execute import Curriculum, CurriculumCallback, LearnToExecuteDataModule
 from .nth_farthest import NthFarthestDataModule, make_nth_farthest
 from .sorting import SortingDataModule, make_sorting
-from .word_lm import BPTTBatches, WordLMDataModule
+from .word_lm import WordLMDataModule
 
 __all__ = [
     "BPTTBatches",

@@ -36,11 +36,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rrn_lightning.checks import ConfigurationError
+from rrn_lightning.common import EOS_TOKEN, UNK_ID, UNK_TOKEN, ConfigurationError
 
 __all__ = [
-    "EOS",
-    "UNK",
     "CorpusError",
     "Vocab",
     "count_words",
@@ -51,7 +49,7 @@ __all__ = [
     "sampled_digest",
 ]
 
-UNK, EOS = "<unk>", "<eos>"
+SPECIAL_WORDS = [UNK_TOKEN, EOS_TOKEN]  # the first words of every vocabulary, at ids UNK_ID and EOS_ID
 CACHE_FORMAT = 2  # 2: every cache file carries a checksum; older entries get new keys and are rebuilt
 PAGE_BYTES = 4096
 SAMPLED_PAGES = 256  # the token cache's check reads at most 1 MiB, whatever the split's size
@@ -66,7 +64,7 @@ class _Lookup(dict):
     """word -> id, with unknown words mapped to ``<unk>`` (0) inside ``map`` at C speed for known words."""
 
     def __missing__(self, word: str) -> int:
-        return 0
+        return UNK_ID
 
 
 class Vocab:
@@ -79,8 +77,10 @@ class Vocab:
 
     def __init__(self, words: Iterable[str]) -> None:
         self.itos = list(words)
-        if self.itos[:2] != [UNK, EOS]:
-            raise CorpusError(f"Vocab: the first two words must be {UNK!r} and {EOS!r}, got {self.itos[:2]}.")
+        if self.itos[:2] != SPECIAL_WORDS:
+            raise CorpusError(
+                f"Vocab: the first two words must be {UNK_TOKEN!r} and {EOS_TOKEN!r}, got {self.itos[:2]}."
+            )
         self.stoi = _Lookup((w, i) for i, w in enumerate(self.itos))
         if len(self.stoi) != len(self.itos):
             duplicates = [w for w, n in Counter(self.itos).items() if n > 1][:5]
@@ -90,11 +90,11 @@ class Vocab:
     def build(cls, counts: Counter, min_freq: int = 1, max_size: int | None = None) -> Vocab:
         """From word counts of the training split: words seen at least ``min_freq`` times, the ``max_size`` most
         frequent at most (``<unk>`` and ``<eos>`` included in the size)."""
-        words = [w for w, n in counts.items() if n >= min_freq and w not in (UNK, EOS)]
+        words = [w for w, n in counts.items() if n >= min_freq and w not in SPECIAL_WORDS]
         words.sort(key=lambda w: (-counts[w], w))
         if max_size is not None:
             words = words[: max(0, max_size - 2)]
-        return cls([UNK, EOS, *words])
+        return cls([*SPECIAL_WORDS, *words])
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -164,7 +164,7 @@ def _pieces(text: str) -> Iterator[list[str]]:
     start = 0
     while start < len(text):
         end = text.find("\n", min(start + _CHUNK_BYTES, len(text) - 1)) + 1  # cut after a line end
-        yield text[start:end].replace("\n", f" {EOS} ").split()
+        yield text[start:end].replace("\n", f" {EOS_TOKEN} ").split()
         start = end
 
 

@@ -20,7 +20,17 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from torch import Tensor
 from torch.utils.data import DataLoader, get_worker_info
 
-from rrn_lightning.checks import ConfigurationError, check_positive_ints
+from rrn_lightning.common import (
+    EOS_ID,
+    EOS_TOKEN,
+    IGNORE_INDEX,
+    PAD_ID,
+    PAD_TOKEN,
+    ConfigurationError,
+    Seq2SeqBatch,
+    SupportsBatchLoss,
+    check_positive_ints,
+)
 
 from ._evaluation import FixedEvaluationSets
 from ._resumable import EpochBatches, rank_of, stream_seed, training_loader
@@ -28,38 +38,36 @@ from .programs import TASKS, generate
 
 __all__ = ["CHARS", "Curriculum", "CurriculumCallback", "LearnToExecuteDataModule", "encode_batch"]
 
-IGNORE_INDEX = -100
-PAD, EOS = 0, 1
 CHARS = "0123456789abcdefghijklmnopqrstuvwxyz+-*=():<> \n"
-VOCAB = ["<pad>", "<eos>", *CHARS]
-_INDEX = {c: i + 2 for i, c in enumerate(CHARS)}
+VOCAB = [PAD_TOKEN, EOS_TOKEN, *CHARS]  # <pad> at PAD_ID = 0, <eos> at EOS_ID = 1
+_INDEX = {c: i for i, c in enumerate(CHARS, start=2)}  # after <pad> and <eos>
 CURRICULA = ("baseline", "naive", "mix", "combined")
 
 
-def encode_batch(pairs: list[tuple[str, str]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def encode_batch(pairs: list[tuple[str, str]]) -> Seq2SeqBatch:
     """(source, target) strings -> one-hot inputs, input lengths, target ids (padded with -100), target lengths;
     both sequences end with ``<eos>``."""
-    sources = [[_INDEX[c] for c in s] + [EOS] for s, _ in pairs]
-    targets = [[_INDEX[c] for c in t] + [EOS] for _, t in pairs]
+    sources = [[_INDEX[c] for c in s] + [EOS_ID] for s, _ in pairs]
+    targets = [[_INDEX[c] for c in t] + [EOS_ID] for _, t in pairs]
     B, t_in, t_out = len(pairs), max(map(len, sources)), max(map(len, targets))
-    ids = torch.full((B, t_in), PAD, dtype=torch.long)
+    ids = torch.full((B, t_in), PAD_ID, dtype=torch.long)
     out = torch.full((B, t_out), IGNORE_INDEX, dtype=torch.long)
     for i, (s, t) in enumerate(zip(sources, targets, strict=True)):
         ids[i, : len(s)] = torch.tensor(s)
         out[i, : len(t)] = torch.tensor(t)
     inputs = F.one_hot(ids, len(VOCAB)).float()
-    inputs[ids == PAD] = 0.0  # padding reads as zeros
+    inputs[ids == PAD_ID] = 0.0  # padding reads as zeros
     lengths = torch.tensor([len(s) for s in sources])
-    return inputs, lengths, out, torch.tensor([len(t) for t in targets])
+    return Seq2SeqBatch(inputs, lengths, out, torch.tensor([len(t) for t in targets]))
 
 
 def decode(ids: list[int]) -> str:
     """Output ids -> text, up to the first ``<eos>``."""
     chars = []
     for i in ids:
-        if i == EOS:
+        if i == EOS_ID:
             break
-        chars.append(VOCAB[i] if i >= 2 else "")
+        chars.append(VOCAB[i] if i not in (PAD_ID, EOS_ID) else "")
     return "".join(chars)
 
 
@@ -246,7 +254,7 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
     def num_classes(self) -> int:
         return len(VOCAB)
 
-    def make_batch(self, size: int, rng: random.Random, curriculum: Curriculum | None) -> tuple[Tensor, ...]:
+    def make_batch(self, size: int, rng: random.Random, curriculum: Curriculum | None) -> Seq2SeqBatch:
         """A batch whose examples' levels come from ``curriculum`` (the target level when None)."""
         pairs = []
         for _ in range(size):
@@ -257,7 +265,7 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
             pairs.append((sample.source, sample.target))
         return encode_batch(pairs)
 
-    def level_batch(self, size: int, seed: int) -> tuple[Tensor, ...]:
+    def level_batch(self, size: int, seed: int) -> Seq2SeqBatch:
         """A held-out batch at the curriculum's current level (for the plateau test), fixed by ``seed``."""
         length, nesting = self.curriculum.current
         rng = random.Random(stream_seed(seed, length, nesting))
@@ -279,7 +287,7 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
     def _eval_source(self, seed: int) -> random.Random:
         return random.Random(seed)
 
-    def _eval_batch(self, size: int, source: random.Random) -> tuple[Tensor, ...]:
+    def _eval_batch(self, size: int, source: random.Random) -> Seq2SeqBatch:
         return self.make_batch(size, source, None)
 
     def train_dataloader(self) -> DataLoader:
@@ -288,7 +296,9 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
 
 class CurriculumCallback(Callback):
     """Moves a ``naive`` or ``combined`` curriculum: every ``every_n_steps`` training steps it measures the model's
-    loss on a held-out batch at the current level and updates the curriculum; logs ``curriculum/length`` and
+    loss on a held-out batch at the current level and updates the curriculum. The model is any LightningModule
+    with ``batch_loss(batch)`` (``rrn_lightning.common.SupportsBatchLoss``; ``Seq2Seq`` has it), the only thing the
+    callback asks of it; logs ``curriculum/length`` and
     ``curriculum/nesting``; stores the level in checkpoints. Under DDP rank 0 decides and broadcasts the level, so
     every rank (and every data-loader worker) trains at the same one.
 
@@ -317,7 +327,7 @@ class CurriculumCallback(Callback):
         curriculum = dm.curriculum
         if curriculum.adaptive and trainer.global_step % self.every_n_steps == 0:
             held_out = dm.level_batch(self.batch_size, self.seed)
-            held_out = tuple(t.to(pl_module.device) for t in held_out)
+            held_out = Seq2SeqBatch(*(t.to(pl_module.device) for t in held_out))
             was_training = pl_module.training
             pl_module.eval()
             with torch.no_grad():
@@ -333,6 +343,12 @@ class CurriculumCallback(Callback):
         pl_module.log("curriculum/nesting", float(nesting), on_step=True, on_epoch=False)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and not isinstance(pl_module, SupportsBatchLoss):
+            raise ConfigurationError(
+                f"CurriculumCallback: the model must have batch_loss(batch) (rrn_lightning.common.SupportsBatchLoss) "
+                f"to measure held-out losses, got model={type(pl_module).__name__}; use rrn_lightning.Seq2Seq or add "
+                "the method."
+            )
         dm = trainer.datamodule
         self._dm_ref = dm if isinstance(dm, LearnToExecuteDataModule) else None
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
-from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from rrn_lightning.checks import ConfigurationError, check_positive_ints
+from rrn_lightning.common import ClassificationBatch, ConfigurationError, check_positive_ints
 
 from ._resumable import SeededBatches, rank_of, training_loader
 
@@ -17,7 +16,7 @@ __all__ = ["NthFarthestDataModule", "make_nth_farthest"]
 
 def make_nth_farthest(
     num_examples: int, num_vectors: int, num_features: int, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
+) -> ClassificationBatch:
     """Draw ``num_examples`` Nth-farthest problems; see ``NthFarthestDataModule`` for the encoding.
 
     Returns ``inputs [num_examples, K, F + 3K]`` (float32, one row per time step) and ``labels [num_examples]``
@@ -38,7 +37,7 @@ def make_nth_farthest(
     inputs = torch.cat([vectors, ids, n_hot, m_hot], dim=-1)  # [B, K, F + 3K]
     shuffle = torch.rand(B, K, generator=generator).argsort(dim=-1)  # [B, K]: a random order of the rows
     inputs = inputs.gather(1, shuffle[:, :, None].expand_as(inputs))
-    return inputs.contiguous(), labels
+    return ClassificationBatch(inputs.contiguous(), labels)
 
 
 class NthFarthestDataModule(LightningDataModule):
@@ -136,7 +135,7 @@ class NthFarthestDataModule(LightningDataModule):
             )
         return self._eval_sets[split]
 
-    def _draw(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _draw(self, generator: torch.Generator) -> ClassificationBatch:
         return make_nth_farthest(self.batch_size, self.num_vectors, self.num_features, generator)
 
     def train_dataloader(self) -> DataLoader:

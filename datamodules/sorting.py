@@ -14,10 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
-from torch import Tensor
 from torch.utils.data import DataLoader
 
-from rrn_lightning.checks import ConfigurationError, check_positive_ints
+from rrn_lightning.common import ConfigurationError, Seq2SeqBatch, check_positive_ints
 
 from ._evaluation import FixedEvaluationSets
 from ._resumable import SeededBatches, rank_of, training_loader
@@ -27,7 +26,7 @@ __all__ = ["SortingDataModule", "make_sorting"]
 
 def make_sorting(
     size: int, length: int, numbers: str, low: float, high: float, target: str, generator: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> Seq2SeqBatch:
     """``size`` sorting problems as a sequence-to-sequence batch (see the module docstring)."""
     if numbers == "int":
         values = torch.randint(int(low), int(high), (size, length), generator=generator)
@@ -38,7 +37,7 @@ def make_sorting(
     order = values.argsort(dim=1, stable=True)  # [B, T]
     targets = values.gather(1, order) - int(low) if target == "values" else order
     lengths = torch.full((size,), length, dtype=torch.long)
-    return inputs, lengths, targets, lengths.clone()
+    return Seq2SeqBatch(inputs, lengths, targets, lengths.clone())
 
 
 class SortingDataModule(FixedEvaluationSets, LightningDataModule):
@@ -108,16 +107,16 @@ class SortingDataModule(FixedEvaluationSets, LightningDataModule):
     def num_classes(self) -> int:
         return int(self.high) - int(self.low) if self.target == "values" else self.length
 
-    def make(self, size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+    def make(self, size: int, generator: torch.Generator) -> Seq2SeqBatch:
         return make_sorting(size, self.length, self.numbers, self.low, self.high, self.target, generator)
 
     def _eval_source(self, seed: int) -> torch.Generator:
         return torch.Generator().manual_seed(seed)
 
-    def _eval_batch(self, size: int, source: torch.Generator) -> tuple[Tensor, ...]:
+    def _eval_batch(self, size: int, source: torch.Generator) -> Seq2SeqBatch:
         return self.make(size, source)
 
-    def _draw(self, generator: torch.Generator) -> tuple[Tensor, ...]:
+    def _draw(self, generator: torch.Generator) -> Seq2SeqBatch:
         return self.make(self.batch_size, generator)
 
     def train_dataloader(self) -> DataLoader:

@@ -1,27 +1,37 @@
 """rrn-lightning: relational recurrent networks (Santoro et al., 2018) for PyTorch Lightning.
 
-The cores (``RelationalMemory``, ``LSTMCore``) are plain ``nn.Module``s; the LightningModules wrap a core passed in.
+The cores (``RelationalMemory``, ``LSTMCore``; ``rrn_lightning.cores``) are plain ``nn.Module``s; the
+LightningModules (``SequenceClassifier``, ``Seq2Seq``, ``LanguageModel``; ``rrn_lightning.tasks``) wrap a core
+passed in. Both load on first use: ``import rrn_lightning.common`` (what ``datamodules`` imports) loads neither,
+and the cores import without Lightning.
 """
 
-from .cores import LSTMCore, RecurrentCore, RelationalMemory
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTMCore", "LanguageModel", "RecurrentCore", "RelationalMemory", "Seq2Seq", "SequenceClassifier"]
+# Public name -> the subpackage that defines it, imported on first access.
+_LAZY = {
+    "LSTMCore": "cores",
+    "RecurrentCore": "cores",
+    "RelationalMemory": "cores",
+    "LanguageModel": "tasks",
+    "Seq2Seq": "tasks",
+    "SequenceClassifier": "tasks",
+}
+
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):
-    # The LightningModules import Lightning; the cores must import without it.
-    if name == "SequenceClassifier":
-        from .classifier import SequenceClassifier
-
-        return SequenceClassifier
-    if name == "Seq2Seq":
-        from .seq2seq import Seq2Seq
-
-        return Seq2Seq
-    if name == "LanguageModel":
-        from .language_model import LanguageModel
-
-        return LanguageModel
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'rrn_lightning' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -22,7 +22,7 @@ from lightning.pytorch.core.saving import CHECKPOINT_PAST_HPARAMS_KEYS
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from .checks import ConfigurationError
+from .common import ConfigurationError
 from .cores import RecurrentCore
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "checkpoint_kind",
     "import_allowed",
     "saved_hyperparameters",
+    "upgrade_class_paths",
 ]
 
 # What a checkpoint's hyperparameters may make us import: our modules and cores, torch's optimizers and
@@ -41,6 +42,19 @@ ALLOWED_BASES = (RecurrentCore, LightningModule, Optimizer, LRScheduler)
 ALLOWED_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 IMPORT_KEYS = ("class_path", "_class_path", "_instantiator")
 DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+# Classes that have moved, by the import path a checkpoint written before the move may record (jsonargparse records
+# a class path as the config spelled it: rrn_lightning.SequenceClassifier, or its module's path) -> a path that
+# names them now. The public paths, so that a later move inside the package needs no new entry.
+MOVED = {
+    "rrn_lightning.classifier.SequenceClassifier": "rrn_lightning.SequenceClassifier",
+    "rrn_lightning.seq2seq.Seq2Seq": "rrn_lightning.Seq2Seq",
+    "rrn_lightning.language_model.LanguageModel": "rrn_lightning.LanguageModel",
+    "rrn_lightning.memory.RelationalMemory": "rrn_lightning.RelationalMemory",
+    "rrn_lightning.lstm.LSTMCore": "rrn_lightning.LSTMCore",
+    "rrn_lightning.core.RecurrentCore": "rrn_lightning.RecurrentCore",
+    "rrn_lightning.reference.ReferenceRelationalMemory": "rrn_lightning.cores.ReferenceRelationalMemory",
+}
 
 # Our LightningModules, by class name, and what a message calls them.
 KINDS = {
@@ -104,8 +118,9 @@ def saved_hyperparameters(checkpoint: dict) -> dict:
 
 def import_allowed(path: str, where: str, bases: tuple[type, ...] = ALLOWED_BASES) -> type:
     """The class that ``path`` names, imported only when it lies under one of ``ALLOWED_MODULES`` and subclasses
-    one of ``bases``; anything else raises ``ConfigurationError`` starting with ``where``."""
-    module_name, _, name = path.rpartition(".")
+    one of ``bases``; anything else raises ``ConfigurationError`` starting with ``where``. A path of a class that
+    has moved (``MOVED``) is read as its new path."""
+    module_name, _, name = MOVED.get(path, path).rpartition(".")
     if not any(module_name == m or module_name.startswith(f"{m}.") for m in ALLOWED_MODULES):
         raise ConfigurationError(
             f"{where}: {path!r} is not imported: only classes under {' or '.join(ALLOWED_MODULES)} are, so that "
@@ -119,6 +134,18 @@ def import_allowed(path: str, where: str, bases: tuple[type, ...] = ALLOWED_BASE
         allowed = " or ".join(b.__name__ for b in bases)
         raise ConfigurationError(f"{where}: {path!r} is not a subclass of {allowed}.")
     return found
+
+
+def upgrade_class_paths(value: Any) -> Any:
+    """``value`` (hyperparameters: dicts, lists, strings) with every string that ``MOVED`` lists replaced by the
+    class's current path; what holds none is returned as is."""
+    if isinstance(value, str):
+        return MOVED.get(value, value)
+    if isinstance(value, Mapping):
+        return {k: upgrade_class_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(upgrade_class_paths(v) for v in value)
+    return value
 
 
 def check_hyperparameters(hparams: Mapping, source: str) -> None:

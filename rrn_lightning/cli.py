@@ -10,6 +10,13 @@ config file (``--run_name`` to choose), with checkpoints beside the event files;
 rate (a ``LearningRateMonitor``, unless the config names one or turns the logger off). A checkpoint given with
 ``--ckpt_path`` (``last``: the latest run's ``last.ckpt``) brings its run folder along: ``fit`` continues there, the
 other subcommands log and write there. See ``runs.py`` for what checkpoints hold and when they are written.
+
+``rrn generate`` (``generate.py``) samples text from a language model's checkpoint; it is listed in ``rrn --help``
+with the others but runs on its own, without building a Trainer.
+
+The optimizer and the LR scheduler are the model's arguments (``--model.init_args.optimizer``, ``optimizer:`` under
+``model.init_args``), set one way only: LightningCLI's own top-level ``--optimizer`` / ``--lr_scheduler``, which
+would replace them with only a warning, are switched off and refused with a message saying where they go.
 """
 
 from __future__ import annotations
@@ -19,15 +26,17 @@ import warnings
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from .checkpoints import check_checkpoint
-from .checks import ConfigurationError
+from . import generate
+from .checkpoints import check_checkpoint, upgrade_class_paths
+from .common import ConfigurationError
 from .runs import NonFiniteLoss, NonFiniteLossError, RunCheckpoint, latest_checkpoint, run_of_checkpoint
+from .tasks import TaskModule
 
 # Our generated training streams run in the main process (no workers), where their __len__ is exact.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
@@ -42,6 +51,9 @@ and LSTM baselines. Configs for every task and core live in experiments/; start 
 `rrn fit --config experiments/nth_farthest/rmc_cpu.yaml`, and see `rrn fit --help` for every option.
 `rrn generate --checkpoint PATH --prompt "..."` samples text from a language model's checkpoint.
 """
+
+# LightningCLI's own optimizer options, switched off (auto_configure_optimizers=False): where each one goes instead.
+MODEL_ARGUMENTS = {"optimizer": "model.init_args.optimizer", "lr_scheduler": "model.init_args.lr_scheduler"}
 
 
 class RRNCLI(LightningCLI):
@@ -76,6 +88,35 @@ class RRNCLI(LightningCLI):
         )
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        # The words themselves, passed in rather than read by the model from trainer.datamodule: the model says
+        # what it needs, and the data module knows nothing of models.
+        parser.link_arguments(
+            "data.vocab", "model.init_args.vocab", compute_fn=_vocab_words, apply_on="instantiate"
+        )
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # `rrn generate` is listed beside fit / validate / test / predict (with its options, for `rrn --help`), but
+        # cli_main hands it to generate.main before LightningCLI parses anything: it needs no Trainer.
+        generate_parser = LightningArgumentParser(description=generate.DESCRIPTION)
+        generate.add_arguments(generate_parser)
+        parser._subcommands_action.add_subcommand("generate", generate_parser, help=generate.DESCRIPTION)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        given = sys.argv[1:] if args is None else args
+        if isinstance(given, list | tuple):
+            for arg in given:
+                name = str(arg).removeprefix("--").split("=")[0].split(".")[0]
+                if str(arg).startswith("--") and name in MODEL_ARGUMENTS:
+                    target = MODEL_ARGUMENTS[name]
+                    parser.exit(
+                        2,
+                        f"rrn: error: {arg} is not an option: the {name.replace('_', ' ')} is the model's argument, "
+                        f"set with --{target} (e.g. --{target}=torch.optim.SGD --{target}.lr=0.1, or under "
+                        f"{target.replace('.', ': ')} in the config); one place, so that nothing replaces it "
+                        "silently.\n",
+                    )
+        super().parse_arguments(parser, args)
 
     def instantiate_classes(self) -> None:
         try:
@@ -117,9 +158,10 @@ class RRNCLI(LightningCLI):
             )
 
     def _parse_ckpt_path(self) -> None:
-        # Lightning reads the checkpoint's hyperparameters into the config here, importing the class paths they
-        # name, so the run is resolved and the file checked first: a missing or damaged file, another kind of
-        # model or a class path outside the allowlist ends in one error line, and nothing is imported from it.
+        # The checkpoint's hyperparameters go into the config here (Lightning's own step, done on the checked
+        # file), importing the class paths they name, so the run is resolved and the file checked first: a
+        # missing or damaged file, another kind of model or a class path outside the allowlist ends in one error
+        # line, and nothing is imported from it. Class paths that have moved are read as their new paths.
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         name = config.run_name or _run_name(config.get("config"))
@@ -137,6 +179,7 @@ class RRNCLI(LightningCLI):
                     "checkpoint file.\n",
                 )
             ckpt_path = config.ckpt_path = None if found is None else str(found)
+        checkpoint = None
         if ckpt_path not in (None, "best", "hpc"):
             try:
                 checkpoint = check_checkpoint(ckpt_path, getattr(config.get("model"), "class_path", None))
@@ -150,7 +193,23 @@ class RRNCLI(LightningCLI):
                     self._run_home["purge_step"] = _logged_steps(checkpoint) + 1
                 else:  # the training run's config.yaml stays as it was
                     self.save_config_kwargs["config_filename"] = f"config_{subcommand}.yaml"
-        super()._parse_ckpt_path()
+        if subcommand and checkpoint is not None:
+            self._config_from_checkpoint(subcommand, checkpoint)
+
+    def _config_from_checkpoint(self, subcommand: str, checkpoint: dict) -> None:
+        """LightningCLI's ``_parse_ckpt_path``, on the checked checkpoint: the model's saved hyperparameters
+        (moved class paths upgraded) are parsed into the config, under what the command line gave."""
+        hparams = upgrade_class_paths(dict(checkpoint.get("hyper_parameters", {})))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -190,6 +249,11 @@ def _logged_steps(checkpoint: dict) -> int:
     return int(epoch_loop.get("_batches_that_stepped", checkpoint.get("global_step", 0)))
 
 
+def _vocab_words(vocab) -> list[str]:
+    """A data module's vocabulary -> its words in id order (what ``LanguageModel``'s ``vocab`` takes)."""
+    return list(vocab.itos)
+
+
 def _find_configuration_error(error: BaseException) -> ConfigurationError | None:
     seen = 0
     while error is not None and seen < 20:
@@ -209,14 +273,23 @@ def _run_name(config_paths) -> str:
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> RRNCLI:
     """Build and run the ``rrn`` CLI; ``args`` (a list of strings, as on the command line) lets tests call it
-    in-process. Returns the ``LightningCLI`` object (its ``trainer``, ``model`` and ``datamodule``)."""
+    in-process. Returns the ``LightningCLI`` object (its ``trainer``, ``model`` and ``datamodule``); ``generate``
+    exits with ``rrn generate``'s status instead.
+
+    The model is any ``TaskModule`` (our LightningModules' base class), which also makes
+    ``rrn fit --model.init_args.core.help rrn_lightning.RelationalMemory`` work without a config: every task
+    module takes a ``core``, so its help does not wait for the model's class_path."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["generate"]:
+        raise SystemExit(generate.main(argv[1:]))
     return RRNCLI(
-        LightningModule,
+        TaskModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
         run=run,
+        auto_configure_optimizers=False,
         trainer_defaults={"default_root_dir": "runs"},
         parser_kwargs={"description": DESCRIPTION, "default_env": False},
         save_config_kwargs={"overwrite": True},
@@ -224,11 +297,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> RRNCLI:
 
 
 def main() -> None:
-    """The ``rrn`` console script (LightningCLI reads ``sys.argv`` itself; ``rrn generate`` is ours)."""
-    if len(sys.argv) > 1 and sys.argv[1] == "generate":
-        from .generate import main as generate_main
-
-        sys.exit(generate_main(sys.argv[2:]))
+    """The ``rrn`` console script (LightningCLI reads ``sys.argv`` itself)."""
     cli_main()
 
 

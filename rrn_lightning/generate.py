@@ -16,13 +16,19 @@ from pathlib import Path
 import torch
 
 from .checkpoints import check_checkpoint
-from .checks import ConfigurationError
+from .common import EOS_TOKEN, UNK_ID, ConfigurationError
+
+DESCRIPTION = "Sample text from a language model checkpoint."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rrn generate", description="Sample text from a language model checkpoint."
-    )
+    parser = argparse.ArgumentParser(prog="rrn generate", description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``rrn generate``; also shown by ``rrn --help``'s ``generate`` entry (``rrn_lightning.cli``)."""
     parser.add_argument(
         "--checkpoint", required=True, help="a LanguageModel checkpoint (.ckpt) written by rrn fit"
     )
@@ -34,7 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_k", type=int, default=None, help="sample among the k most likely words only")
     parser.add_argument("--seed", type=int, default=None, help="seed of the sampler, for repeatable output")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
-    return parser
 
 
 def generate_text(
@@ -47,7 +52,7 @@ def generate_text(
     device: str = "cpu",
 ) -> str:
     """The prompt followed by ``length`` sampled words, ``<eos>`` shown as a line break."""
-    from .language_model import LanguageModel
+    from .tasks import LanguageModel
 
     if length < 1:
         raise ConfigurationError(f"--length must be positive, got {length}.")
@@ -56,16 +61,16 @@ def generate_text(
     model = LanguageModel.load_from_checkpoint(checkpoint, map_location=device)
     if model.vocab_words is None:
         raise ConfigurationError(
-            f"--checkpoint {checkpoint} holds no vocabulary (it was not written by a LanguageModel trained on a "
-            "WordLMDataModule)."
+            f"--checkpoint {checkpoint} holds no vocabulary: its LanguageModel was trained without one. `rrn fit` "
+            "passes the data's; in Python, pass vocab=datamodule.vocab.itos to LanguageModel."
         )
     lookup = {w: i for i, w in enumerate(model.vocab_words)}
     words = prompt.split()
-    ids = [lookup.get(w, 0) for w in words]
+    ids = [lookup.get(w, UNK_ID) for w in words]
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     sampled = model.generate(ids, length, temperature=temperature, top_k=top_k, generator=generator)
     text = " ".join([*words, *(model.vocab_words[i] for i in sampled)])
-    return text.replace(" <eos> ", "\n").replace("<eos>", "\n").strip()
+    return text.replace(f" {EOS_TOKEN} ", "\n").replace(EOS_TOKEN, "\n").strip()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from .checks import ConfigurationError
+from .common import IGNORE_INDEX, ConfigurationError
 
 __all__ = [
     "NonFiniteLoss",
@@ -388,5 +388,5 @@ def _concatenate(tensors: list[Tensor]) -> Tensor:
         pad: list[int] = []
         for d in reversed(range(1, t.dim())):
             pad += [0, width[d - 1] - t.shape[d]]
-        padded.append(torch.nn.functional.pad(t, pad, value=-100) if any(pad) else t)
+        padded.append(torch.nn.functional.pad(t, pad, value=IGNORE_INDEX) if any(pad) else t)
     return torch.cat(padded)

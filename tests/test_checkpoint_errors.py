@@ -14,10 +14,10 @@ import torch
 
 from rrn_lightning import LanguageModel, LSTMCore, RelationalMemory, SequenceClassifier
 from rrn_lightning.checkpoints import check_checkpoint
-from rrn_lightning.checks import ConfigurationError
 from rrn_lightning.cli import cli_main
+from rrn_lightning.common import ConfigurationError
 from rrn_lightning.generate import main as generate_main
-from rrn_lightning.hparams import resolve_factory
+from rrn_lightning.tasks.base import resolve_factory
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 TINY = Path(__file__).parent / "data" / "gettysburg"
@@ -426,3 +426,29 @@ def test_a_corpus_path_that_does_not_exist_is_named_and_nothing_is_created(tmp_p
     )
     assert str(missing) in line and "does not exist" in line
     assert not (tmp_path / "no").exists()
+
+
+# --------------------------------------------------------------------- checkpoints written before the layout moved
+def test_a_checkpoint_naming_the_old_module_paths_loads_in_python_and_through_the_cli(runs, tmp_path, capsys):
+    def old_paths(checkpoint):
+        hparams = checkpoint["hyper_parameters"]
+        hparams["_class_path"] = "rrn_lightning.classifier.SequenceClassifier"
+        hparams["core"]["class_path"] = "rrn_lightning.lstm.LSTMCore"
+
+    old = resave(runs.classifier, tmp_path / "old.ckpt", old_paths)
+    saved = torch.load(old, weights_only=True)["hyper_parameters"]
+    assert saved["core"]["class_path"] == "rrn_lightning.lstm.LSTMCore"  # the edit is in the file
+    model = SequenceClassifier.load_from_checkpoint(old)
+    assert isinstance(model.core, LSTMCore)
+    cli = cli_main(
+        [
+            "validate",
+            f"--config={EXPERIMENTS / 'nth_farthest' / 'lstm_cpu.yaml'}",
+            f"--ckpt_path={old}",
+            "--data.init_args.batch_size=8",
+            "--data.init_args.val_size=8",
+            f"--trainer.default_root_dir={tmp_path}",
+            *ONE_STEP[1:],
+        ]
+    )
+    assert isinstance(cli.model, SequenceClassifier) and isinstance(cli.model.core, LSTMCore)

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from datamodules import Curriculum, CurriculumCallback, LearnToExecuteDataModule, SortingDataModule
-from datamodules.learn_to_execute import EOS, IGNORE_INDEX, VOCAB, decode, encode_batch
+from datamodules.learn_to_execute import VOCAB, decode, encode_batch
 from datamodules.programs import MEMORY_TASKS, PROGRAM_TASKS, generate
 from rrn_lightning import LSTMCore, RelationalMemory, Seq2Seq
 from rrn_lightning.cli import cli_main
-from rrn_lightning.seq2seq import SequenceAccuracy
+from rrn_lightning.common import EOS_ID, IGNORE_INDEX
+from rrn_lightning.tasks import SequenceAccuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 V = len(VOCAB)
@@ -76,7 +77,7 @@ def test_encoding_round_trip():
     inputs, lengths, targets, target_lengths = encode_batch([("print((41+73))", "114"), ("7", "-3")])
     assert inputs.shape == (2, 15, inputs.shape[-1]) and lengths.tolist() == [15, 2]
     assert inputs[1, 2:].abs().sum() == 0  # padding reads as zeros
-    assert targets[0].tolist()[-1] == EOS and targets[1, 3:].eq(IGNORE_INDEX).all()
+    assert targets[0].tolist()[-1] == EOS_ID and targets[1, 3:].eq(IGNORE_INDEX).all()
     assert decode(targets[0].tolist()) == "114" and decode(targets[1, :3].tolist()) == "-3"
     assert target_lengths.tolist() == [4, 3]
 

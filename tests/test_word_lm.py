@@ -12,9 +12,10 @@ import torch
 from datamodules import BPTTBatches, CorpusError, Vocab, WordLMDataModule
 from datamodules import corpus as corpus_module
 from datamodules.corpus import encode_file, load_stream
-from datamodules.word_lm import IGNORE_INDEX, split_books, wikitext_rows_to_file
+from datamodules.corpus_sources import split_books, wikitext_rows_to_file
 from rrn_lightning import LanguageModel, LSTMCore, RelationalMemory
 from rrn_lightning.cli import cli_main
+from rrn_lightning.common import IGNORE_INDEX
 from rrn_lightning.generate import generate_text
 
 TINY = Path(__file__).parent / "data" / "gettysburg"
@@ -179,7 +180,7 @@ def test_perplexity_is_exp_of_token_mean_nll():
 
 
 def test_training_loss_metric_leaves_out_skipped_non_finite_batches():
-    from rrn_lightning.language_model import TokenNLL
+    from rrn_lightning.tasks import TokenNLL
 
     kept, every = TokenNLL(finite_only=True), TokenNLL()
     for nll_sum, tokens in ((torch.tensor(6.0), 3), (torch.tensor(float("nan")), 4), (torch.tensor(2.0), 1)):
@@ -343,7 +344,7 @@ def test_wikitext_download_writes_the_splits_from_the_hub_parquet_files(tmp_path
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     hub = pytest.importorskip("huggingface_hub")
-    from datamodules import word_lm
+    from datamodules import corpus_sources
 
     rows = {
         "train": ["", " = Robert Boulter = \n", "", " Robert Boulter is an English actor . \n"],
@@ -376,4 +377,4 @@ def test_wikitext_download_writes_the_splits_from_the_hub_parquet_files(tmp_path
         "",
     ]
     assert len(dm.stream("valid")) == 2 + 4  # two lines: two <eos> and four words
-    assert word_lm.WIKITEXT["wikitext-103"] == "wikitext-103-v1"
+    assert corpus_sources.WIKITEXT["wikitext-103"] == "wikitext-103-v1"

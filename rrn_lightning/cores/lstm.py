@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..checks import ConfigurationError, check_positive_ints
+from ..common import ConfigurationError, check_positive_ints
 from .base import RecurrentCore
 
 __all__ = ["LSTMCore"]

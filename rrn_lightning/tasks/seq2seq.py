@@ -7,24 +7,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
-from .checks import ConfigurationError, check_positive_ints
-from .classifier import mlp
-from .cores import RecurrentCore
-from .hparams import (
-    CheckedCheckpointLoading,
-    ResumableTrainingMetrics,
-    configure_optimizers,
-    save_config_hyperparameters,
-)
+from ..common import IGNORE_INDEX, ConfigurationError, Seq2SeqBatch, check_positive_ints
+from ..cores import RecurrentCore
+from .base import Stage, TaskModule, mlp
 
 __all__ = ["Seq2Seq", "SequenceAccuracy"]
-
-IGNORE_INDEX = -100
 
 
 class SequenceAccuracy(Metric):
@@ -53,11 +44,11 @@ class SequenceAccuracy(Metric):
         return self.correct.float() / self.total.clamp(min=1)
 
 
-class Seq2Seq(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModule):
+class Seq2Seq(TaskModule):
     """Read a padded input sequence, then produce the output sequence.
 
-    Batches are ``(inputs [B, T_in, D], input_lengths [B], targets [B, T_out], target_lengths [B])`` with targets
-    padded by -100 (``LearnToExecuteDataModule``, ``SortingDataModule``). The encoder core reads the inputs with
+    Batches are ``Seq2SeqBatch``es ``(inputs [B, T_in, D], input_lengths [B], targets [B, T_out],
+    target_lengths [B])`` with targets padded by -100 (``LearnToExecuteDataModule``, ``SortingDataModule``). The encoder core reads the inputs with
     their lengths, so its state is each example's state at its true end; the decoder (the same core unless
     ``decoder_core`` is given) continues from that state for T_out steps:
 
@@ -67,6 +58,7 @@ class Seq2Seq(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModul
 
     An MLP head classifies each decoder output. The loss is the cross-entropy over the real target positions;
     ``{stage}/char_acc`` and ``{stage}/seq_acc`` are per-character and whole-sequence accuracy, exact under DDP.
+    ``batch_loss`` makes it a ``SupportsBatchLoss`` model, which ``datamodules.CurriculumCallback`` can steer by.
 
     Args:
         core: Encoder core (and decoder, unless ``decoder_core``); its ``input_size`` is linked from the data.
@@ -76,6 +68,8 @@ class Seq2Seq(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModul
         head_sizes: Hidden layer sizes of the MLP head; the paper uses four layers of 256.
         optimizer, lr_scheduler: As in ``SequenceClassifier``.
     """
+
+    one_row_core = True
 
     def __init__(
         self,
@@ -87,29 +81,19 @@ class Seq2Seq(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModul
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__()
-        name = type(self).__name__
+        super().__init__(core, optimizer, lr_scheduler)
+        name = self.owner
         check_positive_ints(name, num_classes=num_classes)
-        for label, c in (("core", core), ("decoder_core", decoder_core)):
-            if c is not None and not isinstance(c, RecurrentCore):
-                raise ConfigurationError(
-                    f"{name}: {label} must be a RecurrentCore (RelationalMemory, LSTMCore or a subclass), "
-                    f"got {label}={type(c).__name__}."
-                )
-        if getattr(core, "input_rows", 1) != 1:
-            raise ConfigurationError(
-                f"{name}: the core must read one row per step, got input_rows={core.input_rows}."
-            )
-        for i, size in enumerate(head_sizes):
-            check_positive_ints(name, **{f"head_sizes[{i}]": size})
+        self.check_head_sizes(head_sizes)
         if decoder_core is not None:
+            self.check_core(decoder_core, "decoder_core")
             encoder_state, decoder_state = core.initial_state(1), decoder_core.initial_state(1)
             if _shapes(encoder_state) != _shapes(decoder_state):
                 raise ConfigurationError(
                     f"{name}: decoder_core must carry a state of the encoder's form to continue from it: encoder "
                     f"state {_shapes(encoder_state)}, decoder state {_shapes(decoder_state)}."
                 )
-        save_config_hyperparameters(self)
+        self.save_config_hyperparameters()
         self.core = core
         self.decoder_core = decoder_core
         self.autoregressive = autoregressive
@@ -117,7 +101,6 @@ class Seq2Seq(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModul
         self.feedback = nn.Embedding(num_classes + 1, decoder.input_size) if autoregressive else None
         self.start_symbol = num_classes
         self.head = mlp(decoder.output_size, tuple(head_sizes), num_classes)
-        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{kind}": SequenceAccuracy(whole_sequence=kind == "seq")
@@ -125,10 +108,8 @@ class Seq2Seq(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModul
                 for kind in ("char", "seq")
             }
         )
-        # The training loss as a metric, so that checkpoints hold its epoch sums; batches that NonFiniteLoss skips
-        # are left out.
         self.train_loss = MeanMetric(nan_strategy="ignore")
-        self._persist_training_metrics()
+        self.persist_training_metrics()
 
     def training_metrics(self) -> list[Metric]:
         return [self.train_loss, self.metrics["train_char"], self.metrics["train_seq"]]
@@ -165,46 +146,31 @@ class Seq2Seq(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModul
             token = step_logits.argmax(-1)
         return torch.stack(logits, dim=1)
 
-    def batch_loss(self, batch) -> Tensor:
-        """The training loss of a batch (teacher-forced when autoregressive); used by curriculum callbacks."""
+    def batch_loss(self, batch: Seq2SeqBatch) -> Tensor:
+        """The mean training loss of a batch (teacher-forced when autoregressive): ``SupportsBatchLoss``, what
+        curriculum callbacks measure."""
         inputs, input_lengths, targets, _ = batch
         logits = self(inputs, input_lengths, targets.shape[1], targets)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
-    def _step(self, batch, stage: str) -> Tensor:
+    def shared_step(self, batch: Seq2SeqBatch, stage: Stage, batch_idx: int) -> Tensor:
         inputs, input_lengths, targets, _ = batch
         teacher = targets if stage == "train" else None  # evaluation decodes on its own
         logits = self(inputs, input_lengths, targets.shape[1], teacher)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
         predictions = logits.argmax(-1)
         B = targets.shape[0]
-        if stage == "train":
-            self.train_loss(loss.detach(), B)
-            self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=B)
-        else:
-            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=B)
+        self.log_loss(stage, loss, B)
         for kind in ("char", "seq"):
             metric = self.metrics[f"{stage}_{kind}"]
             metric.update(predictions, targets)
-            self.log(f"{stage}/{kind}_acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=B)
+            self.log_metric(stage, f"{kind}_acc", metric, B)
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
-
-    def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+    def predict_step(self, batch: Seq2SeqBatch, batch_idx: int) -> dict[str, Tensor]:
         inputs, input_lengths, targets, _ = batch
         logits = self(inputs, input_lengths, targets.shape[1])
         return {"prediction": logits.argmax(-1), "target": targets}
-
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.optimizer_factory, self.lr_scheduler_factory)
 
 
 def _shapes(state: Any) -> Any:

@@ -4,36 +4,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .checks import ConfigurationError, check_positive_ints
-from .cores import RecurrentCore
-from .hparams import (
-    CheckedCheckpointLoading,
-    ResumableTrainingMetrics,
-    configure_optimizers,
-    save_config_hyperparameters,
-)
+from ..common import ClassificationBatch, check_positive_ints
+from ..cores import RecurrentCore
+from .base import Stage, TaskModule, mlp
 
-__all__ = ["SequenceClassifier", "mlp"]
-
-
-def mlp(in_features: int, hidden_sizes: tuple[int, ...] | list[int], out_features: int) -> nn.Sequential:
-    """Linear layers with ReLU after every hidden layer and none after the output layer."""
-    layers: list[nn.Module] = []
-    for size in hidden_sizes:
-        layers += [nn.Linear(in_features, size), nn.ReLU()]
-        in_features = size
-    layers.append(nn.Linear(in_features, out_features))
-    return nn.Sequential(*layers)
+__all__ = ["SequenceClassifier"]
 
 
 def unpack_batch(batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """A batch is an inputs tensor, or a tuple ``(inputs, labels)`` or ``(inputs, labels, lengths)``."""
+    """A batch is an inputs tensor, a ``ClassificationBatch`` ``(inputs, labels)``, or a tuple
+    ``(inputs, labels, lengths)`` for padded sequences."""
     if isinstance(batch, Tensor):
         return batch, None, None
     if isinstance(batch, tuple | list) and 1 <= len(batch) <= 3 and all(isinstance(b, Tensor) for b in batch):
@@ -48,12 +33,12 @@ def unpack_batch(batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
     )
 
 
-class SequenceClassifier(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModule):
+class SequenceClassifier(TaskModule):
     """Classify a sequence from the core's output at its last (real) step.
 
-    Batches are ``(inputs [B, T, ...], labels [B])`` or ``(inputs, labels, lengths [B])`` for padded sequences;
-    ``predict`` also takes a bare inputs tensor and returns the predicted classes and their probabilities.
-    Logs ``{train,val,test}/loss`` and ``{train,val,test}/acc``.
+    Batches are ``ClassificationBatch``es ``(inputs [B, T, ...], labels [B])``, or ``(inputs, labels, lengths [B])``
+    for padded sequences; ``predict`` also takes a bare inputs tensor and returns the predicted classes and their
+    probabilities. Logs ``{train,val,test}/loss`` and ``{train,val,test}/acc``.
 
     Args:
         core: The recurrent core, e.g. ``rrn_lightning.RelationalMemory`` or ``rrn_lightning.LSTMCore``
@@ -73,31 +58,17 @@ class SequenceClassifier(CheckedCheckpointLoading, ResumableTrainingMetrics, Lig
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__()
-        check_positive_ints(type(self).__name__, num_classes=num_classes)
-        if not isinstance(head_sizes, tuple | list):
-            raise ConfigurationError(
-                f"SequenceClassifier: head_sizes must be a list of layer sizes, e.g. [256, 256], got {head_sizes!r}."
-            )
-        for i, size in enumerate(head_sizes):
-            check_positive_ints(type(self).__name__, **{f"head_sizes[{i}]": size})
-        if not isinstance(core, RecurrentCore):
-            raise ConfigurationError(
-                f"SequenceClassifier: core must be a RecurrentCore (RelationalMemory, LSTMCore or a subclass of "
-                f"rrn_lightning.RecurrentCore), got core={type(core).__name__}."
-            )
-        save_config_hyperparameters(self)
+        super().__init__(core, optimizer, lr_scheduler)
+        check_positive_ints(self.owner, num_classes=num_classes)
+        self.check_head_sizes(head_sizes)
+        self.save_config_hyperparameters()
         self.core = core
         self.head = mlp(core.output_size, tuple(head_sizes), num_classes)
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
-        # The training loss as a metric, so that checkpoints hold its epoch sums; batches that NonFiniteLoss skips
-        # are left out.
         self.train_loss = MeanMetric(nan_strategy="ignore")
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self._persist_training_metrics()
+        self.persist_training_metrics()
 
     def training_metrics(self) -> list[Metric]:
         return [self.train_loss, self.train_acc]
@@ -112,7 +83,9 @@ class SequenceClassifier(CheckedCheckpointLoading, ResumableTrainingMetrics, Lig
             last = outputs[torch.arange(outputs.shape[0], device=outputs.device), index]  # [B, O]
         return self.head(last)
 
-    def _shared_step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+    def shared_step(
+        self, batch: ClassificationBatch | tuple[Tensor, ...], stage: Stage, batch_idx: int
+    ) -> Tensor:
         inputs, labels, lengths = unpack_batch(batch)
         if labels is None:
             raise ValueError(f"SequenceClassifier: {stage} batches need labels: (inputs, labels[, lengths]).")
@@ -120,31 +93,12 @@ class SequenceClassifier(CheckedCheckpointLoading, ResumableTrainingMetrics, Lig
         loss = F.cross_entropy(logits.float(), labels)
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, labels)
-        on_step = stage == "train"
         size = labels.shape[0]
-        if on_step:
-            self.train_loss(loss.detach(), size)
-            self.log(
-                "train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size
-            )
-        else:
-            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
-        self.log(f"{stage}/acc", accuracy, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log_loss(stage, loss, size)
+        self.log_metric(stage, "acc", accuracy, size, on_step=stage == "train")
         return loss
 
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "test")
-
-    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
+    def predict_step(self, batch: ClassificationBatch | Tensor, batch_idx: int) -> dict[str, Tensor]:
         inputs, _, lengths = unpack_batch(batch)
         probabilities = self(inputs, lengths).softmax(-1)
         return {"prediction": probabilities.argmax(-1), "probabilities": probabilities}
-
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.optimizer_factory, self.lr_scheduler_factory)

@@ -8,24 +8,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from .checks import ConfigurationError, check_positive_ints
-from .cores import RecurrentCore
-from .hparams import (
-    CheckedCheckpointLoading,
-    ResumableTrainingMetrics,
-    configure_optimizers,
-    save_config_hyperparameters,
-)
+from ..common import EOS_ID, IGNORE_INDEX, ConfigurationError, LanguageModelBatch, check_positive_ints
+from ..cores import RecurrentCore
+from .base import Stage, TaskModule
 
 __all__ = ["LanguageModel", "TokenNLL"]
-
-IGNORE_INDEX = -100
 
 
 class TokenNLL(Metric):
@@ -76,10 +68,10 @@ def _record_input_size(config: Any, input_size: int) -> None:
         init_args["input_size"] = input_size
 
 
-class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, LightningModule):
+class LanguageModel(TaskModule):
     """A word-level language model: embedding (+ dropout), a recurrent core, dropout, softmax over the vocabulary.
 
-    Batches are ``(inputs, targets)``, int64 ``[B, T]`` windows of B contiguous streams (``WordLMDataModule``);
+    Batches are ``LanguageModelBatch``es ``(inputs, targets)``, int64 ``[B, T]`` windows of B contiguous streams (``WordLMDataModule``);
     targets of ``-100`` (padding) are ignored. The core's state is carried from one window to the next (detached:
     truncated backpropagation through time), with one carried state for training and separate ones for
     validation and test, each reset when its epoch starts. Logs ``{train,val,test}/loss`` (mean NLL per token, in
@@ -101,7 +93,13 @@ class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, Lightnin
         optimizer: Optimizer factory (``class_path: torch.optim.SGD`` in YAML).
         lr_scheduler: Optional LR scheduler factory, stepped every epoch (``ReduceLROnPlateau`` watches
             ``val/loss``).
+        vocab: The words in id order (``vocab[i]`` is word ``i``), linked from the data by the ``rrn`` CLI
+            (``WordLMDataModule.vocab``). Stored in checkpoints (``rrn generate`` needs nothing else) and in
+            ``vocab.txt`` beside them, and compared with the vocabulary of a checkpoint that is loaded into this
+            model. Not a hyperparameter (WikiText-103's has 267k words): a checkpoint keeps it once.
     """
+
+    one_row_core = True
 
     def __init__(
         self,
@@ -114,18 +112,20 @@ class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, Lightnin
         init_range: float | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        vocab: list[str] | None = None,
     ) -> None:
-        super().__init__()
-        name = type(self).__name__
+        super().__init__(core, optimizer, lr_scheduler)
+        name = self.owner
         check_positive_ints(name, vocab_size=vocab_size)
-        if not isinstance(core, RecurrentCore):
+        if vocab is not None and (
+            not isinstance(vocab, list | tuple)
+            or len(vocab) != vocab_size
+            or not all(isinstance(w, str) for w in vocab)
+        ):
+            described = f"{len(vocab)} words" if isinstance(vocab, list | tuple) else type(vocab).__name__
             raise ConfigurationError(
-                f"{name}: core must be a RecurrentCore (RelationalMemory, LSTMCore or a subclass of "
-                f"rrn_lightning.RecurrentCore), got core={type(core).__name__}."
-            )
-        if getattr(core, "input_rows", 1) != 1:
-            raise ConfigurationError(
-                f"{name}: the core must read one row per step, got input_rows={core.input_rows}."
+                f"{name}: vocab must list the vocab_size={vocab_size} words in id order, got {described}; pass "
+                "the data's words (WordLMDataModule.vocab.itos) or leave vocab out."
             )
         if not 0.0 <= dropout < 1.0:
             raise ConfigurationError(f"{name}: dropout must lie in [0, 1), got dropout={dropout!r}.")
@@ -150,7 +150,7 @@ class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, Lightnin
                     f"{name}: tie_weights applies to the full softmax only; the adaptive softmax's clusters have "
                     "projections of other shapes. Set tie_weights: false or adaptive_softmax_cutoffs: null."
                 )
-        save_config_hyperparameters(self)
+        self.save_config_hyperparameters(ignore=("vocab",))
         _record_input_size(self.hparams.get("core"), core.input_size)
         self.core = core
         self.vocab_size = vocab_size
@@ -174,8 +174,6 @@ class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, Lightnin
         if init_range is not None:
             for p in self.parameters():
                 nn.init.uniform_(p, -init_range, init_range)
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{kind}": TokenNLL(exp=kind == "ppl")
@@ -185,9 +183,9 @@ class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, Lightnin
         )
         # The training loss as a metric, so that checkpoints hold its epoch sums.
         self.train_loss = TokenNLL(finite_only=True)
-        self._persist_training_metrics()
+        self.persist_training_metrics()
         self._states: dict[str, Any] = {}  # the carried core state, per stage
-        self.vocab_words: list[str] | None = None  # the vocabulary, stored in checkpoints
+        self.vocab_words: list[str] | None = None if vocab is None else list(vocab)  # stored in checkpoints
 
     # -------------------------------------------------------------- the model
     def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
@@ -229,7 +227,7 @@ class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, Lightnin
             return None
         return _detach(state, self.device)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str, batch_idx: int) -> Tensor:
+    def shared_step(self, batch: LanguageModelBatch, stage: Stage, batch_idx: int) -> Tensor:
         inputs, targets = batch
         if batch_idx == 0:  # an epoch's first window: its rows start afresh (a resumed epoch starts later)
             self._states.pop(stage, None)
@@ -240,61 +238,30 @@ class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, Lightnin
         if self._trainer is None:  # called outside a Trainer
             return loss
         if stage == "train":
-            self.train_loss(nll_sum, count)
-            self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+            self.log_training_loss(nll_sum, count)
         else:
             for kind in ("loss", "ppl"):
                 metric = self.metrics[f"{stage}_{kind}"]
                 metric.update(nll_sum, count)
-                self.log(f"{stage}/{kind}", metric, on_step=False, on_epoch=True, prog_bar=True)
+                self.log_metric(stage, kind, metric)
         return loss
-
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train", batch_idx)
-
-    def validation_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "val", batch_idx)
-
-    def test_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "test", batch_idx)
 
     def training_metrics(self) -> list[Metric]:
         return [self.train_loss]
 
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.optimizer_factory, self.lr_scheduler_factory)
-
     # -------------------------------------------------------------- the vocabulary
-    def _data_vocab(self) -> list[str] | None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        vocab = getattr(datamodule, "vocab", None)
-        return None if vocab is None else list(vocab.itos)
-
-    def _check_vocab(self, words: list[str] | None, where: str) -> None:
-        data = self._data_vocab()
-        if words is not None and data is not None and words != data:
+    # The vocabulary comes in as an argument (linked by the CLI from the data module), not read from
+    # trainer.datamodule: the model states what it needs, and works with any source of data that supplies it.
+    def _check_vocab(self, words: list[str], where: str) -> None:
+        if self.vocab_words is not None and words != self.vocab_words:
             raise ConfigurationError(
                 f"LanguageModel: {where} was trained with a different vocabulary ({len(words)} words) than the "
-                f"data's ({len(data)} words, same settings needed: corpus, min_freq, max_size). Use the corpus and "
-                "settings of the training run."
+                f"data's ({len(self.vocab_words)} words, same settings needed: corpus, min_freq, max_size). Use the "
+                "corpus and settings of the training run."
             )
 
-    def _adopt_vocab(self) -> None:
-        data = self._data_vocab()
-        if self.vocab_words is None:
-            self.vocab_words = data
-        else:
-            self._check_vocab(self.vocab_words, "this model")
-
     def on_fit_start(self) -> None:
-        self._adopt_vocab()
         self._write_vocab()
-
-    def on_validation_start(self) -> None:
-        self._adopt_vocab()
-
-    def on_test_start(self) -> None:
-        self._adopt_vocab()
 
     @rank_zero_only
     def _write_vocab(self) -> None:
@@ -320,9 +287,9 @@ class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, Lightnin
                 f"vocab_size={self.vocab_size}: the data's vocabulary differs from the training run's. Use the "
                 "corpus and settings (min_freq, max_size) of the training run."
             )
-        if words is not None and self._trainer is not None:
+        if words is not None:
             self._check_vocab(list(words), "the checkpoint")
-        self.vocab_words = None if words is None else list(words)
+            self.vocab_words = list(words)
         if "carried_state" in checkpoint:
             self._states["train"] = checkpoint["carried_state"]  # moved to the model's device when used
 
@@ -349,7 +316,7 @@ class LanguageModel(CheckedCheckpointLoading, ResumableTrainingMetrics, Lightnin
         was_training = self.training
         self.eval()
         device = self.embedding.weight.device
-        tokens = torch.tensor([[1, *prompt]], device=device)  # 1 = <eos>
+        tokens = torch.tensor([[EOS_ID, *prompt]], device=device)
         hidden, state = self(tokens)
         out: list[int] = []
         for _ in range(length):

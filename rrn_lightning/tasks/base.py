@@ -1,0 +1,265 @@
+"""``TaskModule``: what our three LightningModules share, so that each task module holds only its model and loss.
+
+A task module subclasses ``TaskModule`` and writes ``__init__`` (its arguments are the configuration), ``forward``,
+``shared_step`` (one batch of any stage: its loss and metrics) and ``training_metrics``. ``TaskModule`` does the
+rest:
+
+- the core checks (``check_core``): a ``RecurrentCore``, reading one row per step where the task needs it;
+- hyperparameters saved so that ``load_from_checkpoint(path)`` alone rebuilds the module
+  (``save_config_hyperparameters``), and checkpoints read safely before Lightning imports what they name;
+- the optimizer and scheduler plumbing (``configure_optimizers`` from the ``optimizer`` / ``lr_scheduler``
+  arguments, also when a checkpoint records them as import paths);
+- the train / val / test step triplet, all three calling ``shared_step``;
+- the metric bookkeeping: training metrics saved in checkpoints and restarted at each epoch's first batch, the loss
+  and metrics logged under ``{stage}/{name}`` the same way by every task.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Sequence
+from os import PathLike
+from typing import Any, Literal
+
+import torch
+from lightning.fabric.utilities.cloud_io import _load as pl_load
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.saving import load_hparams_from_yaml
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import Metric
+
+from ..checkpoints import (
+    check_checkpoint,
+    check_hyperparameters,
+    import_allowed,
+    saved_hyperparameters,
+    upgrade_class_paths,
+)
+from ..common import ConfigurationError, check_positive_ints
+from ..cores import RecurrentCore
+
+__all__ = ["Stage", "TaskModule", "mlp", "resolve_factory"]
+
+Stage = Literal["train", "val", "test"]
+
+
+def mlp(in_features: int, hidden_sizes: Sequence[int], out_features: int) -> nn.Sequential:
+    """Linear layers with ReLU after every hidden layer and none after the output layer."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [nn.Linear(in_features, size), nn.ReLU()]
+        in_features = size
+    layers.append(nn.Linear(in_features, out_features))
+    return nn.Sequential(*layers)
+
+
+def resolve_factory(value, where: str):
+    """An optimizer or scheduler factory given as an import path (as recorded in hyperparameters) -> the class;
+    only ``torch.optim`` / ``torch.optim.lr_scheduler`` classes are imported. ``where`` names it in errors."""
+    if isinstance(value, str):
+        return import_allowed(value, where, (Optimizer, LRScheduler))
+    return value
+
+
+class TaskModule(LightningModule):
+    """Base class of our LightningModules (``SequenceClassifier``, ``Seq2Seq``, ``LanguageModel``); the ``rrn`` CLI
+    takes any subclass as ``model``.
+
+    Args:
+        core: The recurrent core, e.g. ``rrn_lightning.RelationalMemory`` or ``rrn_lightning.LSTMCore``
+            (``class_path`` in YAML); its ``input_size`` is linked from the data by the ``rrn`` CLI.
+        optimizer: Optimizer factory, called with the parameters (``class_path: torch.optim.Adam`` in YAML).
+        lr_scheduler: Optional LR scheduler factory, called with the optimizer; stepped every epoch
+            (``ReduceLROnPlateau`` watches ``val/loss``).
+    """
+
+    one_row_core: bool = False
+    """Whether the task feeds its core one input row per step (a token, a character), so ``input_rows`` must be 1."""
+
+    def __init__(
+        self,
+        core: RecurrentCore,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.check_core(core, one_row=self.one_row_core)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+
+    # -------------------------------------------------------------- checks
+    @property
+    def owner(self) -> str:
+        """The name that errors start with."""
+        return type(self).__name__
+
+    def check_core(self, core: Any, label: str = "core", one_row: bool = False) -> None:
+        """``core`` (the argument called ``label``) must be a ``RecurrentCore``; with ``one_row``, one that reads
+        one input row per step (``input_rows=1``), as tasks that feed it a token or a character per step need."""
+        if not isinstance(core, RecurrentCore):
+            raise ConfigurationError(
+                f"{self.owner}: {label} must be a RecurrentCore (RelationalMemory, LSTMCore or a subclass of "
+                f"rrn_lightning.RecurrentCore), got {label}={type(core).__name__}."
+            )
+        if one_row and getattr(core, "input_rows", 1) != 1:
+            raise ConfigurationError(
+                f"{self.owner}: the {label} must read one row per step, got input_rows={core.input_rows}."
+            )
+
+    def check_head_sizes(self, head_sizes: Any) -> None:
+        """The hidden layer sizes of an MLP head: a list of positive integers."""
+        if not isinstance(head_sizes, tuple | list):
+            raise ConfigurationError(
+                f"{self.owner}: head_sizes must be a list of layer sizes, e.g. [256, 256], got {head_sizes!r}."
+            )
+        for i, size in enumerate(head_sizes):
+            check_positive_ints(self.owner, **{f"head_sizes[{i}]": size})
+
+    # -------------------------------------------------------------- hyperparameters and checkpoints
+    def save_config_hyperparameters(self, ignore: Sequence[str] = ()) -> None:
+        """Save the calling ``__init__``'s arguments (less ``ignore``) so that ``load_from_checkpoint(path)`` alone
+        rebuilds the module.
+
+        Under the ``rrn`` CLI, Lightning records the parsed config (the core as ``class_path`` + ``init_args``),
+        which is all a checkpoint needs. A module built in Python receives the core as an ``nn.Module`` instead; its
+        weights are in the state dict already, so it is not pickled into the hyperparameters: load such a
+        checkpoint with ``load_from_checkpoint(path, core=<a core of the same shape>)``. Classes passed as arguments
+        (an optimizer class) are recorded by import path, so that the checkpoint loads with ``weights_only=True``.
+        """
+        frame = inspect.currentframe().f_back  # the task module's __init__
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters(ignore=list(ignore), frame=frame)
+        for name in [k for k, v in self.hparams.items() if isinstance(v, nn.Module)]:
+            del self.hparams[name]
+        # Classes and functions (an optimizer class passed in Python, the default Adam) would make the checkpoint
+        # unloadable with torch.load(weights_only=True), Lightning's default; store their import path instead.
+        for name, value in list(self.hparams.items()):
+            if inspect.isclass(value) or inspect.isfunction(value):
+                self.hparams[name] = f"{value.__module__}.{value.__qualname__}"
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path,
+        map_location=None,
+        hparams_file=None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs,
+    ):
+        """Lightning's ``load_from_checkpoint``, after reading the file with ``check_checkpoint`` (a clear error for
+        a bad or other-kind file; hyperparameters that name code outside the allowlist are refused before Lightning
+        imports anything they name). What the caller passes in (``kwargs``, ``hparams_file``) replaces the file's
+        values, so passing an object in lifts a refusal. Class paths of classes that have moved since the file was
+        written (``rrn_lightning.classifier.SequenceClassifier``, ...) are read as their new paths."""
+        overrides = {**(load_hparams_from_yaml(hparams_file) if hparams_file is not None else {}), **kwargs}
+        if isinstance(checkpoint_path, str | PathLike) and "://" not in str(checkpoint_path):
+            checkpoint = check_checkpoint(checkpoint_path, cls, what="checkpoint", overrides=overrides)
+        else:  # an open file or a URL: Lightning's reader, safely; then rewind the file for Lightning's own read
+            position = checkpoint_path.tell() if hasattr(checkpoint_path, "tell") else None
+            checkpoint = pl_load(checkpoint_path, map_location="cpu", weights_only=True)
+            if position is not None:
+                checkpoint_path.seek(position)
+            check_hyperparameters({**saved_hyperparameters(checkpoint), **overrides}, "checkpoint")
+        # Lightning builds the module from the file's hyperparameters updated by kwargs: pass the moved ones in.
+        recorded = {**saved_hyperparameters(checkpoint), **overrides}
+        upgraded = upgrade_class_paths(recorded)
+        kwargs.update({k: v for k, v in upgraded.items() if v != recorded[k]})
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+        )
+
+    # -------------------------------------------------------------- optimizers
+    def configure_optimizers(self):
+        """The optimizer, and the scheduler stepped every epoch (``ReduceLROnPlateau`` watching ``val/loss``) when
+        one is given."""
+        built = resolve_factory(self.optimizer_factory, f"{self.owner}: optimizer")(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return built
+        scheduler = resolve_factory(self.lr_scheduler_factory, f"{self.owner}: lr_scheduler")(built)
+        return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+    # -------------------------------------------------------------- steps
+    def shared_step(self, batch: Any, stage: Stage, batch_idx: int) -> Tensor:
+        """The loss of one batch of ``stage``, its metrics updated and logged (``log_loss``, ``log_metric``)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "train", batch_idx)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "val", batch_idx)
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "test", batch_idx)
+
+    # -------------------------------------------------------------- metrics
+    def training_metrics(self) -> list[Metric]:
+        """The torchmetrics objects that aggregate training: ``train_loss`` (the training loss as a metric, so that
+        checkpoints hold its epoch sums) and any training accuracy. Call ``persist_training_metrics`` once they
+        exist."""
+        raise NotImplementedError
+
+    def persist_training_metrics(self) -> None:
+        """Save the training metrics in checkpoints, so that the epoch aggregates of an epoch resumed mid-way
+        (``train/loss_epoch``, ``train/acc_epoch``, ...) count the batches before the interruption too.
+        Checkpoints written before they were saved load with those states at zero."""
+        for metric in self.training_metrics():
+            metric.persistent(True)
+
+    def log_training_loss(self, *update: Any) -> None:
+        """Update ``self.train_loss`` with ``update`` (its ``update`` arguments) and log it as ``train/loss``, per
+        step and as the epoch's mean."""
+        self.train_loss(*update)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+
+    def log_loss(self, stage: Stage, loss: Tensor, batch_size: int) -> None:
+        """A batch's mean loss: in training into ``train_loss`` (weighted by ``batch_size``; batches that
+        ``NonFiniteLoss`` skips are left out); in evaluation logged as ``{stage}/loss``, the epoch's mean over
+        batches and DDP ranks weighted by ``batch_size``."""
+        if stage == "train":
+            self.log_training_loss(loss.detach(), batch_size)
+        else:
+            self.log(
+                f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=batch_size
+            )
+
+    def log_metric(
+        self, stage: Stage, name: str, metric: Metric, batch_size: int | None = None, on_step: bool = False
+    ) -> None:
+        """A metric (already updated with the batch) logged as ``{stage}/{name}``, computed over the epoch."""
+        self.log(
+            f"{stage}/{name}", metric, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=batch_size
+        )
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if batch_idx == 0:  # a checkpoint taken at the end of the previous epoch holds its full sums
+            for metric in self.training_metrics():
+                metric.reset()
+
+    def training_metric_states(self) -> dict[str, Tensor]:
+        """The training metrics' entries of ``state_dict()``, by key."""
+        names = {id(m): name for name, m in self.named_modules()}
+        return {
+            f"{names[id(metric)]}.{key}": value
+            for metric in self.training_metrics()
+            for key, value in metric.state_dict().items()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            # The checkpoint holds rank 0's sums: under DDP the other ranks start the resumed epoch from zero, so
+            # that no batch is counted twice when the ranks' sums are added up.
+            other_rank = self._trainer is not None and self.trainer.global_rank != 0
+            for key, value in self.training_metric_states().items():
+                if other_rank:
+                    state[key] = torch.zeros_like(value)  # our training metrics' states are all sums
+                else:
+                    state.setdefault(key, value)
+        super().on_load_checkpoint(checkpoint)

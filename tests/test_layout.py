@@ -1,0 +1,74 @@
+"""The package's layout as users and data code see it: public imports, a data side that loads no model code, and
+a CLI with one way to set each thing."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+import rrn_lightning
+from rrn_lightning.cli import cli_main
+from rrn_lightning.common import ConfigurationError, SupportsBatchLoss
+
+
+def test_public_names_import_from_the_package():
+    from rrn_lightning import LanguageModel, LSTMCore, RelationalMemory, Seq2Seq, SequenceClassifier
+    from rrn_lightning.cores import ReferenceRelationalMemory
+    from rrn_lightning.tasks import TaskModule
+
+    for task in (LanguageModel, Seq2Seq, SequenceClassifier):
+        assert issubclass(task, TaskModule)
+    assert {"LSTMCore", "RelationalMemory", "LanguageModel", "Seq2Seq", "SequenceClassifier"} <= set(
+        dir(rrn_lightning)
+    )
+    assert RelationalMemory.__module__ == "rrn_lightning.cores.rmc" and LSTMCore and ReferenceRelationalMemory
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        rrn_lightning.Nope  # noqa: B018
+
+
+def test_importing_the_data_modules_loads_no_model_code():
+    code = (
+        "import sys, datamodules\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('rrn_lightning'))\n"
+        "print(','.join(loaded))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "rrn_lightning,rrn_lightning.common"
+
+
+def test_seq2seq_speaks_the_curriculum_protocol():
+    from rrn_lightning import LSTMCore, Seq2Seq, SequenceClassifier
+
+    seq2seq = Seq2Seq(core=LSTMCore(input_size=3, hidden_size=4), num_classes=5)
+    classifier = SequenceClassifier(core=LSTMCore(input_size=3, hidden_size=4), num_classes=5)
+    assert isinstance(seq2seq, SupportsBatchLoss) and not isinstance(classifier, SupportsBatchLoss)
+
+
+@pytest.mark.parametrize("option", ["--optimizer=torch.optim.SGD", "--lr_scheduler.class_path=StepLR"])
+def test_lightning_cli_optimizer_options_are_refused_with_where_they_go(option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config=experiments/nth_farthest/rmc_cpu.yaml", option])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    name = option[2:].split("=")[0].split(".")[0]
+    assert f"--model.init_args.{name}" in message and "is not an option" in message
+
+
+def test_help_lists_generate_and_core_help_needs_no_config(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    listed = re.findall(r"^    (\w+) ", capsys.readouterr().out, flags=re.M)
+    assert listed[-5:] == ["fit", "validate", "test", "predict", "generate"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--model.init_args.core.help", "rrn_lightning.RelationalMemory"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--core.mem_slots" in out and "--core.compile" in out
+
+
+def test_configuration_error_is_the_one_class_everywhere():
+    from datamodules import nth_farthest
+    from rrn_lightning.cores import rmc
+
+    assert nth_farthest.ConfigurationError is ConfigurationError is rmc.ConfigurationError
