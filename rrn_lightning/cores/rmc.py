@@ -12,17 +12,18 @@ Shapes: B batch, T time, N = mem_slots, H = num_heads, h = head_size, k = key_si
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import ConfigurationError, check_positive_ints
-from . import _fused
+from ..common import ConfigurationError, check_positive_ints
 from .base import RecurrentCore
+from .compiling import CompiledFunction, CompileMode, check_compile_mode, resolve_mode
 
-__all__ = ["RelationalMemory", "sonnet_linear_init_"]
+__all__ = ["RelationalMemory", "StepShape", "StepWeights", "rmc_step", "sonnet_linear_init_"]
 
 GateStyle = Literal["unit", "memory"] | None
 _GATE_STYLES = ("unit", "memory", None)
@@ -81,6 +82,14 @@ class RelationalMemory(RecurrentCore):
         key_size: Size of queries and keys per head (k); defaults to ``head_size``.
         input_rows: Input rows read per step (n). With n > 1, inputs are ``[B, n, D]`` per step (Sonnet's
             ``treat_input_as_matrix``); the gate layer then reads ``n * M`` features, so n is fixed here.
+        compile_step: Run the time loop's step under ``torch.compile``: ``False`` (eager, the default), ``True``
+            (inductor's ``"default"`` mode) or a ``torch.compile`` mode by name (``"reduce-overhead"`` adds CUDA
+            graphs on a GPU). Not an architecture argument: the results are the same within float rounding, and it
+            may be changed at any time (``core.compile_step = True``). The first call compiles (tens of seconds on
+            a CPU); a new grad mode, dtype, padding or batch size 1 compiles once more, sequence length and other
+            batch sizes never do. A compiled step has no double backward. Where compiling fails (no C++ compiler)
+            the core runs eagerly after one warning. (Not ``compile``: that is ``nn.Module.compile``, which
+            compiles a whole module and stays available.)
     """
 
     def __init__(
@@ -96,6 +105,7 @@ class RelationalMemory(RecurrentCore):
         attention_mlp_layers: int = 2,
         key_size: int | None = None,
         input_rows: int = 1,
+        compile_step: CompileMode = False,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -150,16 +160,9 @@ class RelationalMemory(RecurrentCore):
         if gate_size:
             self.gate_input = nn.Linear(input_rows * M, 2 * gate_size)
             self.gate_memory = nn.Linear(M, 2 * gate_size)
-        # The gate biases, added once to the input part of the gates (non-persistent: not a parameter).
-        self.register_buffer("gate_bias", torch.zeros(2 * gate_size), persistent=False)
-        self._update_gate_bias()
         self._scale = self.key_size**-0.5
+        self.compile_step = compile_step  # checked by the property's setter
         self.last_gates: tuple[Tensor, Tensor] | None = None
-        # Which time loop ``forward`` runs: the fused one (one autograd node, hand-written backward) when True,
-        # step by step through autograd when False (attention weights and double backward need it), and when
-        # None the fused one for sequences of at least ``_FUSED_MIN_STEPS`` steps, where it is the faster.
-        self.fused: bool | None = None
-        self._saved_bytes = 0
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -177,7 +180,6 @@ class RelationalMemory(RecurrentCore):
     @forget_bias.setter
     def forget_bias(self, value: float) -> None:
         self._forget_bias = float(value)
-        self._update_gate_bias()
 
     @property
     def input_bias(self) -> float:
@@ -186,13 +188,15 @@ class RelationalMemory(RecurrentCore):
     @input_bias.setter
     def input_bias(self, value: float) -> None:
         self._input_bias = float(value)
-        self._update_gate_bias()
 
-    def _update_gate_bias(self) -> None:
-        G = self.gate_size
-        with torch.no_grad():
-            self.gate_bias[:G] = self._input_bias
-            self.gate_bias[G:] = self._forget_bias
+    @property
+    def compile_step(self) -> CompileMode:
+        """Whether the time loop's step runs under ``torch.compile``, and in which mode (see the class docstring)."""
+        return self._compile_step
+
+    @compile_step.setter
+    def compile_step(self, value: CompileMode) -> None:
+        self._compile_step = check_compile_mode(type(self).__name__, value)
 
     @property
     def init_kwargs(self) -> dict:
@@ -253,149 +257,111 @@ class RelationalMemory(RecurrentCore):
             )
 
     # ------------------------------------------------------------------ computation
-    # The fast path. Everything that depends only on the input runs once for the whole sequence
-    # (``_precompute``); the time loop (``_step``) does only the work that needs the previous memory, and in the
-    # last block only for the memory rows, since the input rows are dropped at the end of the step (DESIGN.md,
-    # step 4). LayerNorm and softmax run in float32 under autocast; the memory state stays float32.
-    def _precompute(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
-        """x [..., (n,) D] -> projected rows [..., n, M], gate input part [..., 2G] with the gate biases added,
-        and block 1's normalised q/k/v of the input rows [..., n, H*(2k+h)]."""
-        rows = self.input_projection(x)
+    # Everything that depends only on the input runs once for the whole sequence (``_precompute``); the time loop
+    # calls ``rmc_step``, the one place the step's math is written, which does only the work that needs the previous
+    # memory, and in the last block only for the memory rows, since the input rows are dropped at the end of the
+    # step (DESIGN.md, step 4). The weights are cast to the compute dtype once per call (``_weights``), not at every
+    # step, and the loop runs with autocast off: the casts are explicit, so the step means the same eagerly and
+    # compiled, and LayerNorm, softmax and the gates stay float32 under bf16/fp16 autocast.
+    def _dtypes(self, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+        """(compute, statistics) dtypes: matrix products in the autocast dtype under autocast (else the weights'
+        dtype); LayerNorm, softmax and gates in at least float32."""
+        compute = self.input_projection.weight.dtype
+        if compute == torch.float32 and torch.is_autocast_enabled(device.type):
+            compute = torch.get_autocast_dtype(device.type)
+        return compute, torch.promote_types(compute, torch.float32)
+
+    def _weights(self, compute: torch.dtype, stats: torch.dtype) -> tuple[StepWeights, tuple[Tensor, ...]]:
+        """The step's weights cast once (a no-op without autocast), and those of the input-only work."""
+
+        def linear(layer: nn.Linear) -> tuple[Tensor, Tensor]:
+            return layer.weight.to(compute), layer.bias.to(compute)
+
+        def norm(layer: nn.LayerNorm) -> tuple[Tensor, Tensor]:
+            return layer.weight.to(stats), layer.bias.to(stats)
+
+        blocks = tuple(
+            (*linear(b.qkv), *norm(b.qkv_norm), *norm(b.attention_norm), *norm(b.mlp_norm))
+            for b in self.blocks
+        )
+        mlp = tuple(linear(layer) for layer in self.mlp if isinstance(layer, nn.Linear))
+        gate_memory = linear(self.gate_memory) if self.gate_size else None
+        inputs = (*linear(self.input_projection), *(linear(self.gate_input) if self.gate_size else ()))
+        return StepWeights(blocks, mlp, gate_memory), inputs
+
+    def _shape(self, compute: torch.dtype, stats: torch.dtype) -> StepShape:
+        return StepShape(
+            mem_slots=self.mem_slots,
+            num_heads=self.num_heads,
+            key_size=self.key_size,
+            head_size=self.head_size,
+            gate_size=self.gate_size,
+            scale=self._scale,
+            eps=tuple((b.qkv_norm.eps, b.attention_norm.eps, b.mlp_norm.eps) for b in self.blocks),
+            compute=compute,
+            stats=stats,
+        )
+
+    def _precompute(
+        self,
+        x: Tensor,
+        shape: StepShape,
+        weights: StepWeights,
+        inputs: tuple[Tensor, ...],
+        dtype: torch.dtype,
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """x [..., (n,) D] -> projected rows [..., n, M], the gates' input part [..., 2G] with the gate biases
+        added (in the statistics dtype, as exact values), and block 1's normalised q/k/v of the input rows
+        [..., n, H*(2k+h)]; ``dtype`` is the memory's (the residual stream's)."""
+        compute, stats = shape.compute, shape.stats
+        rows = F.linear(x.to(compute), inputs[0], inputs[1])
         if self.input_rows == 1:
             rows = rows.unsqueeze(-2)  # [..., 1, M]
         gate_in = None
         if self.gate_size:
-            gate_in = self.gate_input(rows.flatten(-2))  # [..., 2G]
-            gate_in = gate_in.to(_stat_dtype(gate_in)) + self.gate_bias
-        first = self.blocks[0]
-        qkv_in = _layer_norm(first.qkv_norm, first.qkv(rows))  # [..., n, F]
-        return rows, gate_in, qkv_in
+            G = self.gate_size
+            part = F.linear(rows.flatten(-2), inputs[2], inputs[3]).to(stats)  # [..., 2G]
+            gate_in = torch.cat([part[..., :G] + self._input_bias, part[..., G:] + self._forget_bias], dim=-1)
+        qkv_w, qkv_b, norm_w, norm_b = weights.blocks[0][:4]
+        qkv_in = _norm(F.linear(rows, qkv_w, qkv_b), norm_w, norm_b, shape.eps[0][0], dtype)
+        return rows.to(dtype), gate_in, qkv_in
 
-    def _step(
-        self, memory: Tensor, rows: Tensor, gate_in: Tensor | None, qkv_in: Tensor, keep_attention: bool
-    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor | None]:
-        """memory [B, N, M] and this step's precomputed input parts -> new memory [B, N, M], gates, attention."""
-        B, N = memory.shape[0], self.mem_slots
-        H, k, h, M = self.num_heads, self.key_size, self.head_size, self.mem_size
-        R = N + rows.shape[1]
-        x_mem, x_in = memory, rows  # the memory rows and the input rows entering each block
-        weights = []
-        for i, block in enumerate(self.blocks):
-            last = i == self.num_blocks - 1
-            qkv_mem = _layer_norm(block.qkv_norm, block.qkv(x_mem))  # [B, N, F]
-            if i == 0:
-                qkv_inp = qkv_in  # [B, n, F], computed before the time loop
+    def _run(self, xs: Tensor, memory: Tensor, mask: Tensor | None, return_attention: bool, leading: int):
+        """The time loop over ``xs`` ([B, T, ...] when ``leading`` is 2, one step [B, ...] when 1)."""
+        device = memory.device
+        compute, stats = self._dtypes(device)
+        shape = self._shape(compute, stats)
+        mode = resolve_mode(self.compile_step, device)
+        weights, inputs = self._weights(compute, stats)
+        trains = torch.is_grad_enabled() and weights.blocks[0][0].requires_grad
+        if mode is not None and trains and not memory.requires_grad and not memory.is_inference():
+            # A compiled graph is specialised on whether each input requires grad: a state without grad (a fresh
+            # or carried one) entering the first step would compile a second graph for that step alone. Asking for
+            # its (unused) gradient keeps one graph per training setting, at the cost of one [B, N, M] product.
+            memory = memory.detach().requires_grad_()
+        with torch.autocast(device.type, enabled=False):
+            rows, gate_in, qkv_in = self._precompute(xs, shape, weights, inputs, memory.dtype)
+            if leading == 1:
+                steps = [(rows, gate_in, qkv_in, None)]
             else:
-                qkv_inp = _layer_norm(block.qkv_norm, block.qkv(x_in))  # [B, n, F]
-            qkv = torch.cat([qkv_mem, qkv_inp], dim=1)  # [B, R, F]
-            qkv = qkv.view(B, R, H, 2 * k + h).transpose(1, 2)  # [B, H, R, 2k+h]
-            q, key, v = qkv.split([k, k, h], dim=-1)
-            if last:
-                q = q[:, :, :N]  # [B, H, N, k]: only the memory rows' outputs survive the step
-            # Plain attention (not scaled_dot_product_attention, whose CPU kernel has no double backward).
-            scores = torch.matmul(q, key.transpose(-1, -2)) * self._scale  # [B, H, Q, R]
-            w = torch.softmax(scores, dim=-1, dtype=_stat_dtype(scores))
-            att = torch.matmul(w.to(v.dtype), v)  # [B, H, Q, h]
-            if keep_attention:
-                weights.append(w[:, :, :N])
-            att = att.transpose(1, 2).reshape(B, q.shape[2], M)  # [B, Q, M]
-            if last:
-                x_mem = _layer_norm(block.attention_norm, x_mem + att)
-                x_mem = _layer_norm(block.mlp_norm, self.mlp(x_mem) + x_mem)
-            else:
-                x = _layer_norm(block.attention_norm, torch.cat([x_mem, x_in], dim=1) + att)  # [B, R, M]
-                x = _layer_norm(block.mlp_norm, self.mlp(x) + x)
-                x_mem, x_in = x[:, :N], x[:, N:]
-        new = x_mem  # [B, N, M]
-        gates = None
-        if gate_in is not None:
-            g = self.gate_memory(torch.tanh(memory)).to(gate_in.dtype)
-            g = g + gate_in.unsqueeze(1)  # [B, N, 2G], biases included
-            input_gate, forget_gate = torch.sigmoid(g).chunk(2, dim=-1)  # [B, N, G] each
-            new = torch.addcmul(forget_gate * memory, input_gate, torch.tanh(new)).to(memory.dtype)
-            gates = (input_gate, forget_gate)
-        attention = torch.stack(weights, dim=1) if keep_attention else None  # [B, blocks, H, N, N+n]
-        return new, gates, attention
+                # Time-major and contiguous, so that a step's slices have the same strides whatever T is (a
+                # compiled step would otherwise recompile for each new length); unbind, not rows[:, t]: one
+                # backward node for all steps instead of a full-size zero gradient each.
+                T = rows.shape[1]
 
-    def _stepwise_loop(self, memory, rows, qkv_in, gate_in, mask, return_attention):
-        """The time loop through autograd, one ``_step`` at a time (attention weights, higher-order gradients)."""
-        T = qkv_in.shape[1]
-        # unbind, not rows[:, t]: one backward node for all steps instead of a full-size zero gradient per step.
-        rows, qkv_in = rows.unbind(1), qkv_in.unbind(1)
-        gate_in = [None] * T if gate_in is None else gate_in.unbind(1)
-        outputs, attentions, gates = [], [], None
-        for t in range(T):
-            new, gates, attention = self._step(memory, rows[t], gate_in[t], qkv_in[t], return_attention)
-            if mask is not None:
-                new = torch.where(mask[:, t, None, None], new, memory)
-            memory = new
-            outputs.append(new.flatten(1))  # [B, N*M]
-            attentions.append(attention)
-        self._store_gates(gates)
-        attentions = torch.stack(attentions, dim=1) if return_attention else None  # [B, T, blocks, H, N, N+n]
-        return torch.stack(outputs, dim=1), memory, attentions
+                def by_step(t: Tensor | None) -> list:
+                    return [None] * T if t is None else t.transpose(0, 1).contiguous().unbind(0)
 
-    def _fused_plan(self, device: torch.device) -> _fused.Plan:
-        weight_dtype = self.input_projection.weight.dtype
-        compute = weight_dtype
-        if torch.is_autocast_enabled(device.type) and weight_dtype == torch.float32:
-            compute = torch.get_autocast_dtype(device.type)
-        eps = tuple(
-            (block.qkv_norm.eps, block.attention_norm.eps, block.mlp_norm.eps) for block in self.blocks
-        )
-        return _fused.Plan(
-            N=self.mem_slots,
-            n=self.input_rows,
-            H=self.num_heads,
-            k=self.key_size,
-            h=self.head_size,
-            G=self.gate_size,
-            mlp_layers=self.attention_mlp_layers,
-            num_blocks=self.num_blocks,
-            scale=self._scale,
-            eps=eps,
-            compute=compute,
-            stats=_stat_dtype(torch.empty((), dtype=compute)),
-        )
-
-    def _fused_params(self) -> list[Tensor]:
-        """The parameters of the time loop, in the order ``_fused`` reads them."""
-        params: list[Tensor] = []
-        for block in self.blocks:
-            for module in (block.qkv, block.qkv_norm, block.attention_norm, block.mlp_norm):
-                params += [module.weight, module.bias]
-        for layer in self.mlp:
-            if isinstance(layer, nn.Linear):
-                params += [layer.weight, layer.bias]
-        if self.gate_size:
-            params += [self.gate_memory.weight, self.gate_memory.bias]
-        return params
-
-    def _fused_loop(self, memory, rows, qkv_in, gate_in, mask):
-        """The time loop as one autograd node with a hand-written backward (``_fused.py``)."""
-        B, T = qkv_in.shape[:2]
-        plan = self._fused_plan(memory.device)
-        params = self._fused_params()
-        sink: dict = {}
-        tensors = (memory, rows, qkv_in, gate_in, *params)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            memories, final = _fused.FusedSequence.apply(
-                plan, sink, memory, rows, qkv_in, gate_in, mask, *params
-            )
-        else:
-            with torch.autocast(memory.device.type, enabled=False):
-                weights = _fused.Weights(plan, params)
-                memories = _fused.run_forward(plan, memory, rows, qkv_in, gate_in, mask, weights, None, sink)
-            final = memories[-1]
-        self._saved_bytes = sink.get("saved_bytes", 0)  # read by benchmarks/speed.py
-        gates = sink["gates"]
-        G = self.gate_size
-        self._store_gates(None if gates is None else (gates[..., :G], gates[..., G:]))
-        outputs = memories.permute(1, 0, 2, 3).reshape(B, T, self.output_size)  # [B, T, N*M]
-        return outputs, final
-
-    def _store_gates(self, gates: tuple[Tensor, Tensor] | None) -> None:
+                steps = zip(by_step(rows), by_step(gate_in), by_step(qkv_in), by_step(mask), strict=True)
+            outputs, attentions, gates = [], [], None
+            for rows_t, gate_t, qkv_t, keep_t in steps:
+                memory, gates, attention = _STEP(
+                    mode, shape, memory, rows_t, gate_t, qkv_t, keep_t, weights, return_attention
+                )
+                outputs.append(memory.flatten(1))  # [B, N*M]
+                attentions.append(attention)
         self.last_gates = None if gates is None else (gates[0].detach(), gates[1].detach())
+        return outputs, memory, attentions
 
     def step(self, x: Tensor, state: Tensor, return_attention: bool = False):
         """One time step.
@@ -411,10 +377,8 @@ class RelationalMemory(RecurrentCore):
         """
         self._check_inputs("step", x, leading=1)
         self._check_state("step", state, x.shape[0])
-        new, gates, attention = self._step(state, *self._precompute(x), return_attention)
-        self._store_gates(gates)
-        out = new.flatten(1)  # [B, N*M]
-        return (out, new, attention) if return_attention else (out, new)
+        outputs, new, attentions = self._run(x, state, None, return_attention, leading=1)
+        return (outputs[0], new, attentions[0]) if return_attention else (outputs[0], new)
 
     def forward(
         self,
@@ -442,39 +406,119 @@ class RelationalMemory(RecurrentCore):
         mask = None  # [B, T]: True at real (not padded) steps
         if lengths is not None:
             mask = self._length_mask(lengths, B, T, xs.device)
-
-        rows, gate_in, qkv_in = self._precompute(xs)  # [B, T, n, M], [B, T, 2G], [B, T, n, F]
-        fused = self.fused if self.fused is not None else T >= _FUSED_MIN_STEPS
-        self._saved_bytes = 0
-        if fused and not return_attention and not torch.compiler.is_compiling():
-            outputs, memory = self._fused_loop(state, rows, qkv_in, gate_in, mask)
-        else:
-            outputs, memory, attentions = self._stepwise_loop(
-                state, rows, qkv_in, gate_in, mask, return_attention
-            )
+        outputs, memory, attentions = self._run(xs, state, mask, return_attention, leading=2)
+        outputs = torch.stack(outputs, dim=1)  # [B, T, N*M]
         if mask is not None:
             outputs = outputs.masked_fill(~mask[:, :, None], 0.0)
         if return_attention:
-            return outputs, memory, attentions  # attentions [B, T, blocks, H, N, N+n]
+            return outputs, memory, torch.stack(attentions, dim=1)  # [B, T, blocks, H, N, N+n]
         return outputs, memory
 
 
-# The fused loop has per-sequence costs (buffers, batched weight gradients) that pay off over long sequences; on 2
-# CPU threads it was 3-30% faster than the step-by-step path at 64 and 100 steps (benchmarks/speed.py `default`,
-# `lm`) but slower at 4 and 8 (`nth`: 2.1 s vs 2.3-4.7 s per training step).
-_FUSED_MIN_STEPS = 16
+@dataclass(frozen=True)
+class StepShape:
+    """What ``rmc_step`` needs besides tensors: the sizes, the attention scale, LayerNorm epsilons by block, and the
+    dtypes of matrix products (``compute``) and of LayerNorm, softmax and gate statistics (``stats``)."""
+
+    mem_slots: int
+    num_heads: int
+    key_size: int
+    head_size: int
+    gate_size: int
+    scale: float
+    eps: tuple[tuple[float, float, float], ...]
+    compute: torch.dtype
+    stats: torch.dtype
 
 
-def _stat_dtype(x: Tensor) -> torch.dtype:
-    """float32 for statistics of half-precision tensors (float64 stays float64)."""
-    return torch.promote_types(x.dtype, torch.float32)
+class StepWeights(NamedTuple):
+    """The weights ``rmc_step`` reads, already cast: per block ``(qkv weight, qkv bias, qkv_norm weight, bias,
+    attention_norm weight, bias, mlp_norm weight, bias)``; the shared MLP's ``(weight, bias)`` by layer; the gate
+    layer on the memory ``(weight, bias)``, or None without gating."""
+
+    blocks: tuple[tuple[Tensor, ...], ...]
+    mlp: tuple[tuple[Tensor, Tensor], ...]
+    gate_memory: tuple[Tensor, Tensor] | None
 
 
-def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
-    """LayerNorm with float32 statistics. Under autocast (which on CPU would run it in bfloat16) the result stays
-    float32, keeping the residual stream and the memory in float32; otherwise it has the input's dtype."""
-    dtype = _stat_dtype(x)
-    out = F.layer_norm(
-        x.to(dtype), norm.normalized_shape, norm.weight.to(dtype), norm.bias.to(dtype), norm.eps
-    )
-    return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
+def rmc_step(
+    shape: StepShape,
+    memory: Tensor,
+    rows: Tensor,
+    gate_in: Tensor | None,
+    qkv_in: Tensor,
+    keep: Tensor | None,
+    weights: StepWeights,
+    keep_attention: bool = False,
+) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor | None]:
+    """One RMC step (DESIGN.md, steps 2-6), given what ``_precompute`` made of this step's input.
+
+    Args:
+        memory: ``[B, N, M]``; its dtype is the residual stream's.
+        rows: the projected input rows ``[B, n, M]``.
+        gate_in: the gates' input part ``[B, 2G]``, biases included; None without gating.
+        qkv_in: block 1's normalised q/k/v of the input rows ``[B, n, H*(2k+h)]``.
+        keep: ``[B]`` bool, False where this step is padding (the memory passes unchanged); None: all real.
+        keep_attention: also return the memory rows' attention weights ``[B, blocks, H, N, N+n]``.
+
+    Returns:
+        ``(new memory [B, N, M], (input_gate, forget_gate) or None, attention or None)``.
+    """
+    B, N = memory.shape[0], shape.mem_slots
+    H, k, h = shape.num_heads, shape.key_size, shape.head_size
+    M, R = H * h, N + rows.shape[1]
+    compute, dtype = shape.compute, memory.dtype
+    x_mem, x_in = memory, rows  # the memory rows and the input rows entering each block
+    kept = []
+    for i, (qkv_w, qkv_b, qn_w, qn_b, an_w, an_b, mn_w, mn_b) in enumerate(weights.blocks):
+        last = i == len(weights.blocks) - 1
+        qkv_eps, attention_eps, mlp_eps = shape.eps[i]
+        qkv_mem = _norm(F.linear(x_mem.to(compute), qkv_w, qkv_b), qn_w, qn_b, qkv_eps, dtype)  # [B, N, F]
+        if i > 0:
+            qkv_in = _norm(F.linear(x_in.to(compute), qkv_w, qkv_b), qn_w, qn_b, qkv_eps, dtype)  # [B, n, F]
+        qkv = torch.cat([qkv_mem, qkv_in], dim=1).view(B, R, H, 2 * k + h).transpose(1, 2)  # [B, H, R, 2k+h]
+        q, key, v = qkv.to(compute).split([k, k, h], dim=-1)
+        if last:
+            q = q[:, :, :N]  # [B, H, N, k]: only the memory rows' outputs survive the step
+        # Plain attention (not scaled_dot_product_attention, whose CPU kernel has no double backward).
+        scores = torch.matmul(q, key.transpose(-1, -2)) * shape.scale  # [B, H, Q, R]
+        w = torch.softmax(scores, dim=-1, dtype=shape.stats)
+        if keep_attention:
+            kept.append(w[:, :, :N])
+        att = torch.matmul(w.to(compute), v)  # [B, H, Q, h]
+        att = att.transpose(1, 2).reshape(B, q.shape[2], M)  # [B, Q, M]
+        if last:
+            x_mem = _norm(x_mem + att, an_w, an_b, attention_eps, dtype)
+            x_mem = _norm(_mlp(x_mem, weights.mlp, compute) + x_mem, mn_w, mn_b, mlp_eps, dtype)
+        else:
+            x = _norm(torch.cat([x_mem, x_in], dim=1) + att, an_w, an_b, attention_eps, dtype)  # [B, R, M]
+            x = _norm(_mlp(x, weights.mlp, compute) + x, mn_w, mn_b, mlp_eps, dtype)
+            x_mem, x_in = x[:, :N], x[:, N:]
+    new, gates = x_mem, None  # [B, N, M]
+    if gate_in is not None:
+        gate_w, gate_b = weights.gate_memory
+        g = F.linear(torch.tanh(memory).to(compute), gate_w, gate_b).to(gate_in.dtype) + gate_in.unsqueeze(1)
+        input_gate, forget_gate = torch.sigmoid(g).chunk(2, dim=-1)  # [B, N, G] each
+        new = torch.addcmul(forget_gate * memory, input_gate, torch.tanh(new)).to(dtype)
+        gates = (input_gate, forget_gate)
+    if keep is not None:
+        new = torch.where(keep[:, None, None], new, memory)
+    return new, gates, torch.stack(kept, dim=1) if keep_attention else None
+
+
+def _norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+    """LayerNorm over the last axis in its weights' (statistics) dtype; the result in ``dtype``."""
+    return F.layer_norm(x.to(weight.dtype), x.shape[-1:], weight, bias, eps).to(dtype)
+
+
+def _mlp(x: Tensor, layers: tuple[tuple[Tensor, Tensor], ...], compute: torch.dtype) -> Tensor:
+    """The attention MLP: Linear layers with ReLU between them (none after the last), in the compute dtype."""
+    x = x.to(compute)
+    for i, (weight, bias) in enumerate(layers):
+        if i > 0:
+            x = torch.relu(x)
+        x = F.linear(x, weight, bias)
+    return x
+
+
+_STEP = CompiledFunction(rmc_step, "RMC step")
