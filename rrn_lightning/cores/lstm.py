@@ -27,6 +27,10 @@ class LSTMCore(RecurrentCore):
         dropout: Dropout between stacked layers (as ``nn.LSTM``; needs num_layers > 1 to have an effect).
         input_rows: Input rows per step (n); with n > 1 a step's input ``[B, n, D]`` is flattened to ``n * D``
             features, so the same data feeds an RMC with ``input_rows=n`` and this baseline.
+
+    Under CPU autocast, ``nn.LSTM`` runs in the autocast dtype through oneDNN; on a CPU whose oneDNN has no
+    bfloat16 LSTM (no AVX-512 BF16, e.g. many AMD EPYC), where ``nn.LSTM`` itself raises "could not create a
+    primitive descriptor", this core runs the LSTM in float32 instead: the same results as without autocast.
     """
 
     def __init__(
@@ -93,11 +97,20 @@ class LSTMCore(RecurrentCore):
                 f"{list(expected)}, got {got}. Use core.initial_state(batch_size) for a fresh state."
             )
 
+    def _lstm(self, xs, state: LSTMState):
+        """``self.lstm(xs, state)``, in float32 under a CPU autocast that this CPU's oneDNN cannot run."""
+        if torch.is_autocast_enabled("cpu") and self.lstm.weight_ih_l0.device.type == "cpu":
+            if not _onednn_has_lstm_in(torch.get_autocast_dtype("cpu")):
+                dtype = self.lstm.weight_ih_l0.dtype
+                with torch.autocast("cpu", enabled=False):
+                    return self.lstm(xs.to(dtype), tuple(s.to(dtype) for s in state))
+        return self.lstm(xs, state)
+
     def step(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         """One step: x ``[B, D]`` (or ``[B, n, D]``) -> ``(output [B, H], (h, c))``."""
         x = self._flatten_rows("step", x, leading=1)
         self._check_state("step", state, x.shape[0])
-        out, state = self.lstm(x.unsqueeze(1), tuple(state))  # out [B, 1, H]
+        out, state = self._lstm(x.unsqueeze(1), tuple(state))  # out [B, 1, H]
         return out[:, 0], state
 
     def forward(
@@ -111,7 +124,7 @@ class LSTMCore(RecurrentCore):
         self._check_state("forward", state, B)
         state = tuple(state)
         if lengths is None:
-            return self.lstm(xs, state)
+            return self._lstm(xs, state)
         self._length_mask(lengths, B, T, xs.device)  # validates shape, dtype and range
         lengths = torch.as_tensor(lengths).cpu()
         if int(lengths.min()) == 0:
@@ -120,6 +133,22 @@ class LSTMCore(RecurrentCore):
                 " drop empty sequences from the batch (RelationalMemory accepts them and keeps their state)."
             )
         packed = pack_padded_sequence(xs, lengths, batch_first=True, enforce_sorted=False)
-        out, state = self.lstm(packed, state)
+        out, state = self._lstm(packed, state)
         outs, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # [B, T, H], zeros when padded
         return outs, state
+
+
+_ONEDNN_LSTM: dict[torch.dtype, bool] = {}
+
+
+def _onednn_has_lstm_in(dtype: torch.dtype) -> bool:
+    """Whether ``nn.LSTM`` runs under CPU autocast to ``dtype`` on this machine (tried once on a tiny LSTM)."""
+    if dtype not in _ONEDNN_LSTM:
+        probe = nn.LSTM(2, 2, batch_first=True)
+        try:
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+                probe(torch.zeros(1, 1, 2))
+            _ONEDNN_LSTM[dtype] = True
+        except RuntimeError:
+            _ONEDNN_LSTM[dtype] = False
+    return _ONEDNN_LSTM[dtype]
