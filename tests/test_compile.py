@@ -185,3 +185,42 @@ def test_without_a_compiler_the_step_runs_eagerly_after_one_warning(monkeypatch)
             again = core(xs)[0]
     assert torch.equal(fallback, eager) and torch.equal(again, eager)
     torch._dynamo.reset()
+
+
+# --------------------------------------------------------------------- the switch on the LightningModules
+def test_the_task_modules_set_their_cores_compile_step():
+    from rrn_lightning import LanguageModel, LSTMCore, Seq2Seq, SequenceClassifier
+
+    classifier = SequenceClassifier(make(), num_classes=3, head_sizes=(4,), compile_step=True)
+    assert classifier.core.compile_step is True and classifier.hparams.compile_step is True
+    assert (
+        SequenceClassifier(make(compile_step="max-autotune"), num_classes=3).core.compile_step
+        == "max-autotune"
+    )
+    seq2seq = Seq2Seq(make(), num_classes=4, decoder_core=make(), head_sizes=(4,), compile_step="default")
+    assert seq2seq.core.compile_step == "default" and seq2seq.decoder_core.compile_step == "default"
+    lstm = LanguageModel(LSTMCore(D, 8), vocab_size=10, compile_step=True)  # nothing to compile: left alone
+    assert not hasattr(lstm.core, "compile_step")
+    with pytest.raises(
+        ConfigurationError, match=r"SequenceClassifier: compile_step must be .* got compile_step='yes'"
+    ):
+        SequenceClassifier(make(), num_classes=3, compile_step="yes")
+
+
+def test_the_cli_sets_compile_step_on_the_model_or_the_core(tmp_path, capsys):
+    from pathlib import Path
+
+    from rrn_lightning.cli import cli_main
+
+    config = str(Path(__file__).resolve().parents[1] / "experiments" / "nth_farthest" / "rmc_cpu.yaml")
+    root = f"--trainer.default_root_dir={tmp_path}"
+    cli = cli_main(["--config", config, root, "--model.init_args.compile_step=true"], run=False)
+    assert cli.model.core.compile_step is True
+    cli = cli_main(
+        ["--config", config, root, "--model.init_args.core.init_args.compile_step=default"], run=False
+    )
+    assert cli.model.core.compile_step == "default" and cli.model.hparams.compile_step is None
+    assert cli_main(["--config", config, root], run=False).model.core.compile_step is False
+    with pytest.raises(SystemExit):
+        cli_main(["--config", config, root, "--model.init_args.compile_step=fast"], run=False)
+    assert "compile_step" in capsys.readouterr().err

@@ -41,6 +41,7 @@ from ..checkpoints import (
 )
 from ..common import ConfigurationError, check_positive_ints
 from ..cores import RecurrentCore
+from ..cores.compiling import CompileMode, check_compile_mode
 
 __all__ = ["Stage", "TaskModule", "mlp", "resolve_factory"]
 
@@ -75,6 +76,9 @@ class TaskModule(LightningModule):
         optimizer: Optimizer factory, called with the parameters (``class_path: torch.optim.Adam`` in YAML).
         lr_scheduler: Optional LR scheduler factory, called with the optimizer; stepped every epoch
             (``ReduceLROnPlateau`` watches ``val/loss``).
+        compile_step: Run the cores' time-loop step under ``torch.compile`` (``RelationalMemory.compile_step``):
+            false, true (the device's usual mode) or a mode name; None (the default) keeps each core's own setting.
+            Cores without a step to compile (``LSTMCore``: ``nn.LSTM`` is one fused kernel) are left as they are.
     """
 
     one_row_core: bool = False
@@ -85,11 +89,22 @@ class TaskModule(LightningModule):
         core: RecurrentCore,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        compile_step: CompileMode | None = None,
     ) -> None:
         super().__init__()
         self.check_core(core, one_row=self.one_row_core)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.set_compile_step(compile_step, core)
+
+    def set_compile_step(self, value: CompileMode | None, *cores: RecurrentCore | None) -> None:
+        """Set ``compile_step`` on every core among ``cores`` that has one; None leaves them as they are."""
+        if value is None:
+            return
+        value = check_compile_mode(self.owner, value)
+        for core in cores:
+            if core is not None and hasattr(core, "compile_step"):
+                core.compile_step = value
 
     # -------------------------------------------------------------- checks
     @property

@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..common import ClassificationBatch, check_positive_ints
 from ..cores import RecurrentCore
+from ..cores.compiling import CompileMode
 from .base import Stage, TaskModule, mlp
 
 __all__ = ["SequenceClassifier"]
@@ -48,6 +49,8 @@ class SequenceClassifier(TaskModule):
         optimizer: Optimizer factory, called with the parameters (``class_path: torch.optim.Adam`` in YAML).
         lr_scheduler: Optional LR scheduler factory, called with the optimizer; stepped every epoch
             (``ReduceLROnPlateau`` watches ``val/loss``).
+        compile_step: Run the core's step under ``torch.compile`` (``RelationalMemory.compile_step``): false, true
+            (the device's usual mode) or a mode name; None (the default) keeps the core's own setting.
     """
 
     def __init__(
@@ -57,8 +60,9 @@ class SequenceClassifier(TaskModule):
         head_sizes: tuple[int, ...] = (256, 256, 256, 256),
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        compile_step: CompileMode | None = None,
     ) -> None:
-        super().__init__(core, optimizer, lr_scheduler)
+        super().__init__(core, optimizer, lr_scheduler, compile_step)
         check_positive_ints(self.owner, num_classes=num_classes)
         self.check_head_sizes(head_sizes)
         self.save_config_hyperparameters()

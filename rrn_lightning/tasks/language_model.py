@@ -15,6 +15,7 @@ from torchmetrics import Metric
 
 from ..common import EOS_ID, IGNORE_INDEX, ConfigurationError, LanguageModelBatch, check_positive_ints
 from ..cores import RecurrentCore
+from ..cores.compiling import CompileMode
 from .base import Stage, TaskModule
 
 __all__ = ["LanguageModel", "TokenNLL"]
@@ -97,6 +98,8 @@ class LanguageModel(TaskModule):
             (``WordLMDataModule.vocab``). Stored in checkpoints (``rrn generate`` needs nothing else) and in
             ``vocab.txt`` beside them, and compared with the vocabulary of a checkpoint that is loaded into this
             model. Not a hyperparameter (WikiText-103's has 267k words): a checkpoint keeps it once.
+        compile_step: Run the core's step under ``torch.compile``; None keeps the core's own setting (see
+            ``TaskModule``).
     """
 
     one_row_core = True
@@ -113,8 +116,9 @@ class LanguageModel(TaskModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         vocab: list[str] | None = None,
+        compile_step: CompileMode | None = None,
     ) -> None:
-        super().__init__(core, optimizer, lr_scheduler)
+        super().__init__(core, optimizer, lr_scheduler, compile_step)
         name = self.owner
         check_positive_ints(name, vocab_size=vocab_size)
         if vocab is not None and (

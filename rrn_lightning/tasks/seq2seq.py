@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric, Metric
 
 from ..common import IGNORE_INDEX, ConfigurationError, Seq2SeqBatch, check_positive_ints
 from ..cores import RecurrentCore
+from ..cores.compiling import CompileMode
 from .base import Stage, TaskModule, mlp
 
 __all__ = ["Seq2Seq", "SequenceAccuracy"]
@@ -66,7 +67,8 @@ class Seq2Seq(TaskModule):
         decoder_core: Optional separate decoder core with a state of the same form as the encoder's.
         autoregressive: Feed the previous output back (see above).
         head_sizes: Hidden layer sizes of the MLP head; the paper uses four layers of 256.
-        optimizer, lr_scheduler: As in ``SequenceClassifier``.
+        optimizer, lr_scheduler, compile_step: As in ``SequenceClassifier`` (``compile_step`` also sets the
+            decoder core's).
     """
 
     one_row_core = True
@@ -80,13 +82,15 @@ class Seq2Seq(TaskModule):
         head_sizes: tuple[int, ...] = (256, 256, 256, 256),
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        compile_step: CompileMode | None = None,
     ) -> None:
-        super().__init__(core, optimizer, lr_scheduler)
+        super().__init__(core, optimizer, lr_scheduler, compile_step)
         name = self.owner
         check_positive_ints(name, num_classes=num_classes)
         self.check_head_sizes(head_sizes)
         if decoder_core is not None:
             self.check_core(decoder_core, "decoder_core")
+            self.set_compile_step(compile_step, decoder_core)
             encoder_state, decoder_state = core.initial_state(1), decoder_core.initial_state(1)
             if _shapes(encoder_state) != _shapes(decoder_state):
                 raise ConfigurationError(
