@@ -1,13 +1,18 @@
-"""Training and inference speed of our RMC, the plain reference RMC and nn.LSTM, side by side on the same inputs.
+"""Training and inference speed and memory of our RMC (eager and with its step compiled), the plain reference RMC
+and nn.LSTM, side by side on the same inputs in one process.
 
     python benchmarks/speed.py                       # every preset, fp32 and bf16 autocast, this machine's threads
-    python benchmarks/speed.py --preset lm --threads 2 --precision fp32
-    python benchmarks/speed.py --preset default --steps 2 --reps 1   # smoke test
+    python benchmarks/speed.py --preset lm --threads 2 --precision fp32 --profile
+    python benchmarks/speed.py --preset tiny --steps 1 --reps 1 --precision fp32   # smoke test
 
 A training step is forward over the whole sequence, a loss on every output, backward and an Adam step; inference
-is the forward alone under ``torch.inference_mode``. Each figure is the median over ``--reps`` repetitions of
-``--steps`` steps, after warm-up. Ratios are taken against the plain reference (``rrn_lightning/reference.py``) in
-fp32. The LSTM has the RMC's core parameter count (one layer, hidden size solved for it).
+is the forward alone under ``torch.inference_mode``. Every column is warmed up first (``first_call_s`` is its first
+step, which for ``rmc_compiled`` includes the compile), then all are timed in turn, ``--reps`` rounds of ``--steps``
+steps, and each figure is the median of its rounds: what slows the machine down slows every column alike. Ratios
+are taken against the plain reference (``rrn_lightning/cores/reference.py``) in fp32. The LSTM has the RMC's core
+parameter count (one layer, hidden size solved for it). ``peak_memory_mb`` is the peak memory of one step beyond
+what was resident before it (CUDA: the allocator's peak; CPU: the peak resident set), ``saved_activations_mb``
+what autograd saved for backward.
 
 FLOPs are counted analytically from the shapes (matrix products only; elementwise work is not counted):
 "useful" FLOPs are those that can change the output (with one block, the input rows' queries, attention, MLP and
@@ -21,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import gc
 import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from rrn_lightning import LSTMCore, RelationalMemory  # noqa: E402
 from rrn_lightning.cores import ReferenceRelationalMemory  # noqa: E402
+from rrn_lightning.cores.compiling import MODES, resolve_mode  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class Preset:
 
 
 PRESETS = {
+    "tiny": Preset(mem_slots=2, num_heads=2, head_size=8, input_size=8, batch_size=4, steps=4),  # smoke tests
     "default": Preset(mem_slots=4, num_heads=4, head_size=64, input_size=64, batch_size=32, steps=64),
     "nth": Preset(mem_slots=8, num_heads=8, head_size=32, input_size=40, batch_size=1600, steps=8),
     "lm": Preset(
@@ -107,52 +116,138 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_model(model, xs, device, precision, steps, reps, train: bool) -> dict:
-    """Median ms per step; peak CUDA memory or, on CPU, the bytes autograd saves for backward."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4) if train else None
-    saved = [0]
+class Memory:
+    """Peak memory of a stretch of work beyond what was resident when it started: CUDA's allocator statistics on a
+    GPU; on a Linux CPU the process's peak resident set (VmHWM, reset through /proc/self/clear_refs) after freed
+    heap memory is handed back to the system (malloc_trim), so that one model's freed buffers do not hide the next
+    one's. None where neither is available."""
 
-    def pack(tensor):
-        saved[0] += tensor.numel() * tensor.element_size()
-        return tensor
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._libc = None
+        if device == "cpu" and Path("/proc/self/clear_refs").exists():
+            with contextlib.suppress(OSError):
+                self._libc = ctypes.CDLL("libc.so.6")
+        self._start = 0
 
-    def one_step(measure_saved: bool = False):
-        if train:
-            with autocast(device, precision):
-                hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if measure_saved else None
-                with hooks or contextlib.nullcontext():
-                    outs, _ = model(xs)
-                if measure_saved:  # what the fused time loop keeps itself, outside autograd's saved tensors
-                    saved[0] += getattr(model, "_saved_bytes", 0)
+    @staticmethod
+    def _status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # kB
+        raise KeyError(field)
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+        elif self._libc is not None:
+            self._libc.malloc_trim(0)
+            # "5" resets the peak resident set (VmHWM) to the current one.
+            Path("/proc/self/clear_refs").write_text("5")
+            self._start = self._status("VmRSS")
+
+    def peak_mb(self) -> float | None:
+        if self.device == "cuda":
+            return round((torch.cuda.max_memory_allocated() - self._start) / 2**20, 1)
+        if self._libc is None:
+            return None
+        return round((self._status("VmHWM") - self._start) / 2**20, 1)
+
+
+@dataclass
+class Runner:
+    """One column of the table: a model in one precision, training or inference, and what was measured of it."""
+
+    key: str
+    model: torch.nn.Module
+    precision: str
+    train: bool
+    optimizer: torch.optim.Optimizer | None = None
+    times_ms: list = field(default_factory=list)
+    result: dict = field(default_factory=dict)
+
+    def step(self, xs: torch.Tensor, device: str, hooks=None) -> None:
+        if self.train:
+            with autocast(device, self.precision), hooks or contextlib.nullcontext():
+                outs, _ = self.model(xs)
                 loss = outs.float().square().mean()
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
         else:
-            with torch.inference_mode(), autocast(device, precision):
-                model(xs)
+            with torch.inference_mode(), autocast(device, self.precision):
+                self.model(xs)
 
-    for _ in range(2):  # warm-up
-        one_step()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    one_step(measure_saved=train)
-    times = []
-    for _ in range(reps):
+
+def measure(runners: list[Runner], xs: torch.Tensor, device: str, steps: int, reps: int) -> None:
+    """Warm every runner up (timing the first call: a compiled step compiles there), measure its peak memory and
+    the activations autograd saves, then time the runners interleaved, ``reps`` rounds of ``steps`` steps each, so
+    that a change in the machine's speed touches them all alike."""
+    memory = Memory(device)
+    for r in runners:
         sync(device)
         start = time.perf_counter()
-        for _ in range(steps):
-            one_step()
+        r.step(xs, device)
         sync(device)
-        times.append((time.perf_counter() - start) / steps * 1e3)
-    ms = statistics.median(times)
+        first = time.perf_counter() - start
+        r.step(xs, device)
+        sync(device)
+        start = time.perf_counter()
+        r.step(xs, device)
+        sync(device)
+        r.result["first_call_s"] = round(first, 3)
+        r.result["warm_step_s"] = round(time.perf_counter() - start, 3)
+        memory.start()
+        saved = [0]
+
+        def pack(tensor, saved=saved):
+            saved[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if r.train else None
+        r.step(xs, device, hooks)
+        sync(device)
+        r.result["peak_memory_mb"] = memory.peak_mb()
+        if r.train:
+            r.result["saved_activations_mb"] = round(saved[0] / 2**20, 1)
+    for _ in range(reps):
+        for r in runners:
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                r.step(xs, device)
+            sync(device)
+            r.times_ms.append((time.perf_counter() - start) / steps * 1e3)
     tokens = xs.shape[0] * xs.shape[1]
-    result = {"ms_per_step": round(ms, 3), "tokens_per_s": round(tokens / ms * 1e3, 1)}
+    for r in runners:
+        ms = statistics.median(r.times_ms)
+        r.result = {"ms_per_step": round(ms, 3), "tokens_per_s": round(tokens / ms * 1e3, 1), **r.result}
+
+
+def profile_step(runner: Runner, xs: torch.Tensor, device: str, top: int = 12) -> list[dict]:
+    """The operators that take the most time in two steps of ``runner`` (self time, ``torch.profiler``)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
-        result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    elif train:
-        result["saved_activations_mb"] = round(saved[0] / 2**20, 1)
-    return result
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(2):
+            runner.step(xs, device)
+        sync(device)
+    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    table = sorted(prof.key_averages(), key=lambda e: getattr(e, sort), reverse=True)[:top]
+    total = sum(getattr(e, sort) for e in prof.key_averages())
+    return [
+        {
+            "op": e.key,
+            "calls_per_step": e.count // 2,
+            "ms_per_step": round(getattr(e, sort) / 2e3, 2),
+            "share": round(getattr(e, sort) / total, 3),
+        }
+        for e in table
+    ]
 
 
 def mm_gflops(device: str, dtype: torch.dtype = torch.float32, size: int = 1024, reps: int = 20) -> float:
@@ -170,6 +265,9 @@ def mm_gflops(device: str, dtype: torch.dtype = torch.float32, size: int = 1024,
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
+MODELS = ("reference", "rmc", "rmc_compiled", "lstm")
+
+
 def run_preset(name: str, p: Preset, args) -> dict:
     device = args.device
     torch.manual_seed(0)
@@ -182,6 +280,8 @@ def run_preset(name: str, p: Preset, args) -> dict:
         key_size=p.key_size,
         attention_mlp_layers=p.attention_mlp_layers,
     ).to(device)
+    compiled = RelationalMemory(**rmc.init_kwargs, compile_step=args.compile_mode).to(device)
+    compiled.load_state_dict(rmc.state_dict())
     reference = ReferenceRelationalMemory.from_core(rmc).to(device)
     params = sum(q.numel() for q in rmc.parameters())
     hidden = lstm_hidden_for(params, p.input_size)
@@ -200,31 +300,49 @@ def run_preset(name: str, p: Preset, args) -> dict:
         "reference_gflop_per_train_step": round(3 * executed_ref / 1e9, 3),
         "results": {},
     }
-    models = {"rmc": (rmc, useful), "reference": (reference, useful), "lstm": (lstm, lstm_flops)}
+    models = {"reference": reference, "rmc": rmc, "rmc_compiled": compiled, "lstm": lstm}
+    flops = {"reference": useful, "rmc": useful, "rmc_compiled": useful, "lstm": lstm_flops}
+    runners = []
     for precision in args.precision:
-        for model_name, (model, flops) in models.items():
+        for model_name in args.models:
+            if model_name == "reference" and precision != "fp32":
+                continue  # ratios are taken against the reference in fp32
             for mode in ("train", "inference"):
-                if model_name == "reference" and precision != "fp32":
-                    continue  # ratios are taken against the reference in fp32
-                r = time_model(model, xs, device, precision, args.steps, args.reps, train=mode == "train")
-                factor = 3 if mode == "train" else 1
-                r["useful_gflops_per_s"] = round(factor * flops / (r["ms_per_step"] / 1e3) / 1e9, 1)
+                model = models[model_name]
+                optimizer = torch.optim.Adam(model.parameters(), lr=1e-4) if mode == "train" else None
                 key = f"{model_name}/{precision}/{mode}"
-                out["results"][key] = r
-                print(f"[{name}] {key}: {r}", flush=True)
-    ref_train = out["results"]["reference/fp32/train"]["tokens_per_s"] if "fp32" in args.precision else None
-    ref_infer = (
-        out["results"]["reference/fp32/inference"]["tokens_per_s"] if "fp32" in args.precision else None
-    )
+                runners.append(Runner(key, model, precision, mode == "train", optimizer))
+    measure(runners, xs, device, args.steps, args.reps)
+    for r in runners:
+        factor = 3 if r.train else 1
+        model_name = r.key.split("/")[0]
+        r.result["useful_gflops_per_s"] = round(
+            factor * flops[model_name] / (r.result["ms_per_step"] / 1e3) / 1e9, 1
+        )
+        out["results"][r.key] = r.result
+        print(f"[{name}] {r.key}: {r.result}", flush=True)
+    if args.profile:
+        out["profile"] = {
+            r.key: profile_step(r, xs, device)
+            for r in runners
+            if r.key in ("rmc/fp32/train", "rmc_compiled/fp32/train")
+        }
     ratios = {}
-    if ref_train:
-        for key, r in out["results"].items():
-            if key.startswith("reference/"):
-                continue
-            base = ref_train if key.endswith("/train") else ref_infer
-            ratios[f"{key} vs reference/fp32"] = round(r["tokens_per_s"] / base, 3)
+    base = {mode: out["results"].get(f"reference/fp32/{mode}") for mode in ("train", "inference")}
+    for key, r in out["results"].items():
+        mode = key.rsplit("/", 1)[1]
+        if not key.startswith("reference/") and base[mode]:
+            ratios[f"{key} vs reference/fp32"] = round(r["tokens_per_s"] / base[mode]["tokens_per_s"], 3)
     out["ratios"] = ratios
     return out
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "cpu"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -237,17 +355,30 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--steps", type=int, default=10, help="training or inference steps per repetition")
     parser.add_argument("--reps", type=int, default=5, help="repetitions; the median is reported")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="what to measure")
+    parser.add_argument("--profile", action="store_true", help="also profile the RMC's fp32 training steps")
+    parser.add_argument(
+        "--compile-mode",
+        default=True,
+        type=lambda v: True if v == "true" else v,
+        choices=[True, *MODES],
+        help="rmc_compiled's compile_step: true (the default) or a torch.compile mode",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    names = list(PRESETS) if args.preset == "all" else [args.preset]
+    names = [n for n in PRESETS if n != "tiny"] if args.preset == "all" else [args.preset]
     report = {
         "torch": torch.__version__,
         "device": args.device,
         "threads": torch.get_num_threads(),
-        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
         "mm_1024_fp32_gflops": round(mm_gflops(args.device), 1),
-        "mm_1024_bf16_gflops": round(mm_gflops(args.device, torch.bfloat16), 1),
+        # bf16 products without hardware support (AVX-512 BF16 / AMX) run at ~1 GFLOP/s: measured only when asked.
+        "mm_1024_bf16_gflops": round(mm_gflops(args.device, torch.bfloat16, reps=3), 1)
+        if "bf16" in args.precision
+        else None,
+        "compile_mode": resolve_mode(args.compile_mode, torch.device(args.device)),
         "presets": {},
     }
     for name in names:
