@@ -67,3 +67,16 @@ def test_checkpoint_write_benchmark_smoke():
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["quick_start_mb"] > 1 and report["ptb_small_mb"] > 18 and report["quick_start_write_s"] > 0
+
+
+def test_compile_run_benchmark_smoke():
+    """The eager half only: the compiled half costs a compile (tens of seconds), which test_compile.py covers."""
+    config = ROOT / "experiments" / "nth_farthest" / "rmc_cpu.yaml"
+    command = [sys.executable, str(ROOT / "benchmarks" / "compile_run.py"), "--config", str(config)]
+    command += ["--settings", "eager", "--", "--trainer.limit_train_batches=2", "--trainer.max_epochs=1"]
+    command += ["--trainer.limit_val_batches=1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    eager = report["runs"]["eager"]
+    assert eager["steps"] == 2 and eager["graphs_compiled"] == 0 and "val/loss" in eager["val"]
