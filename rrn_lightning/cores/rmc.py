@@ -344,13 +344,16 @@ class RelationalMemory(RecurrentCore):
             if leading == 1:
                 steps = [(rows, gate_in, qkv_in, None)]
             else:
-                # Time-major and contiguous, so that a step's slices have the same strides whatever T is (a
-                # compiled step would otherwise recompile for each new length); unbind, not rows[:, t]: one
-                # backward node for all steps instead of a full-size zero gradient each.
+                # unbind, not rows[:, t]: one backward node for all steps instead of a full-size zero gradient
+                # each. For a compiled step, time-major and contiguous first, so that a step's slices have the
+                # same strides whatever T is (it would otherwise recompile for each new length); eagerly the
+                # copy would only cost memory.
                 T = rows.shape[1]
 
                 def by_step(t: Tensor | None) -> list:
-                    return [None] * T if t is None else t.transpose(0, 1).contiguous().unbind(0)
+                    if t is None:
+                        return [None] * T
+                    return t.unbind(1) if mode is None else t.transpose(0, 1).contiguous().unbind(0)
 
                 steps = zip(by_step(rows), by_step(gate_in), by_step(qkv_in), by_step(mask), strict=True)
             outputs, attentions, gates = [], [], None
