@@ -223,4 +223,5 @@ def test_the_cli_sets_compile_step_on_the_model_or_the_core(tmp_path, capsys):
     assert cli_main(["--config", config, root], run=False).model.core.compile_step is False
     with pytest.raises(SystemExit):
         cli_main(["--config", config, root, "--model.init_args.compile_step=fast"], run=False)
-    assert "compile_step" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "SequenceClassifier: compile_step must be false, true" in err and "got compile_step='fast'" in err

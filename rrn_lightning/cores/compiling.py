@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch.utils._pytree import tree_map
@@ -23,7 +22,9 @@ __all__ = ["MODES", "CompileMode", "CompiledFunction", "check_compile_mode", "re
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-CompileMode = bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+# A bool or one of MODES. Typed as a plain ``str`` so that a config with a bad name reaches ``check_compile_mode``,
+# whose one-line error lists the choices, rather than the CLI parser's dump of every union member.
+CompileMode = bool | str
 
 
 def check_compile_mode(owner: str, value: object) -> CompileMode:
@@ -32,7 +33,7 @@ def check_compile_mode(owner: str, value: object) -> CompileMode:
         return value
     choices = ", ".join(repr(m) for m in MODES)
     raise ConfigurationError(
-        f"{owner}: compile_step must be false, true (the device's usual mode) or one of torch.compile's modes "
+        f"{owner}: compile_step must be false, true (torch.compile's default mode) or one of its modes by name "
         f"({choices}), got compile_step={value!r}."
     )
 

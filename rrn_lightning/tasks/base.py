@@ -77,7 +77,7 @@ class TaskModule(LightningModule):
         lr_scheduler: Optional LR scheduler factory, called with the optimizer; stepped every epoch
             (``ReduceLROnPlateau`` watches ``val/loss``).
         compile_step: Run the cores' time-loop step under ``torch.compile`` (``RelationalMemory.compile_step``):
-            false, true (the device's usual mode) or a mode name; None (the default) keeps each core's own setting.
+            false, true (inductor's default mode) or a mode name; None (the default) keeps each core's own setting.
             Cores without a step to compile (``LSTMCore``: ``nn.LSTM`` is one fused kernel) are left as they are.
     """
 

@@ -50,7 +50,7 @@ class SequenceClassifier(TaskModule):
         lr_scheduler: Optional LR scheduler factory, called with the optimizer; stepped every epoch
             (``ReduceLROnPlateau`` watches ``val/loss``).
         compile_step: Run the core's step under ``torch.compile`` (``RelationalMemory.compile_step``): false, true
-            (the device's usual mode) or a mode name; None (the default) keeps the core's own setting.
+            (inductor's default mode) or a mode name; None (the default) keeps the core's own setting.
     """
 
     def __init__(
