@@ -3,9 +3,9 @@
 ``compile_step=False`` runs eagerly; ``True`` is inductor's ``"default"`` mode (C++/OpenMP code on the CPU, Triton
 kernels on CUDA); a mode name picks one outright. ``"reduce-overhead"`` adds CUDA graphs on CUDA; it is not what
 ``True`` means yet because it has not been measured on a GPU here (``benchmarks/gpu_check.sh`` measures it). Under
-CUDA graphs a step's outputs are cloned before the next step runs, since the next replay overwrites them. The function is
-compiled at its first call on a device. Where compiling fails for want of a toolchain (no C++ compiler, an
-unsupported platform), the run goes on eagerly after one warning that says why and how to silence it.
+CUDA graphs a step's outputs are cloned before the next step runs, since the next replay overwrites them. The
+function is compiled at its first call on a device. Where compiling fails for want of a toolchain (no C++ compiler,
+an unsupported platform), the run goes on eagerly after one warning that says why and how to silence it.
 """
 
 from __future__ import annotations
