@@ -265,12 +265,13 @@ class LanguageModel(TaskModule):
             )
 
     def on_fit_start(self) -> None:
-        self._write_vocab()
+        # trainer.log_dir is a collective under DDP (rank 0 broadcasts it): every rank asks, rank 0 writes. Asked
+        # inside a rank-zero-only function, it waited forever for the other ranks.
+        self._write_vocab(self.trainer.log_dir)
 
     @rank_zero_only
-    def _write_vocab(self) -> None:
+    def _write_vocab(self, log_dir: str | None) -> None:
         """vocab.txt beside the checkpoints (one word per line, in id order)."""
-        log_dir = self.trainer.log_dir
         if self.vocab_words is not None and log_dir is not None:
             path = Path(log_dir) / "vocab.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
