@@ -22,6 +22,10 @@ def test_speed_benchmark_smoke():
             "--precision",
             "fp32",
             "--profile",
+            "--models",  # not rmc_compiled: its compile costs a minute on two cores, and test_compile.py covers it
+            "reference",
+            "rmc",
+            "lstm",
         ],
         capture_output=True,
         text=True,
@@ -30,13 +34,13 @@ def test_speed_benchmark_smoke():
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     preset = report["presets"]["tiny"]
-    for model in ("reference", "rmc", "rmc_compiled", "lstm"):
+    for model in ("reference", "rmc", "lstm"):
         for mode in ("train", "inference"):
             result = preset["results"][f"{model}/fp32/{mode}"]
             assert result["tokens_per_s"] > 0 and result["first_call_s"] >= 0, (model, mode)
             assert result["peak_memory_mb"] is None or result["peak_memory_mb"] >= 0, (model, mode)
     assert preset["results"]["rmc/fp32/train"]["saved_activations_mb"] > 0
-    assert "rmc_compiled/fp32/train vs reference/fp32" in preset["ratios"]
+    assert "rmc/fp32/train vs reference/fp32" in preset["ratios"]
     assert preset["profile"]["rmc/fp32/train"][0]["ms_per_step"] > 0
     # The LSTM's hidden size is the one whose parameter count is nearest the RMC's: within one unit's parameters.
     one_unit = 4 * (preset["preset"]["input_size"] + 2 * preset["lstm_hidden"] + 3)

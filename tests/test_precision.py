@@ -1,5 +1,7 @@
 """bf16 autocast on CPU: RMC and LSTM run forward and backward, stay close to fp32, keep a float32 state."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,3 +60,37 @@ def test_bf16_parameters_add_the_gate_biases_exactly():
     state = core.initial_state(2, dtype=torch.bfloat16) + 0.25
     _, final = core(torch.randn(2, 3, 16, dtype=torch.bfloat16), state)
     assert torch.equal(final, state)
+
+
+MIXED_FITS = {
+    "nth_farthest/rmc_cpu": ["--data.init_args.batch_size=16", "--data.init_args.val_size=16"],
+    "nth_farthest/lstm_cpu": ["--data.init_args.batch_size=16", "--data.init_args.val_size=16"],
+    "learn_to_execute/addition_rmc_cpu": ["--data.init_args.batch_size=8", "--data.init_args.val_size=8"],
+    "language_modelling/ptb_rmc_small": [
+        f"--data.init_args.corpus={Path(__file__).parent / 'data' / 'gettysburg'}",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.eval_batch_size=2",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", MIXED_FITS)
+def test_bf16_mixed_fit_of_every_task_family_on_cpu(name, tmp_path):
+    """``--trainer.precision=bf16-mixed`` through the CLI: one training and one validation batch, finite losses."""
+    from rrn_lightning.cli import cli_main
+
+    config = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml"
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.precision=bf16-mixed",
+            "--trainer.fast_dev_run=true",
+            f"--trainer.default_root_dir={tmp_path}",
+            *MIXED_FITS[name],
+        ]
+    )
+    assert cli.trainer.precision == "bf16-mixed"
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
