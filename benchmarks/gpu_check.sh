@@ -45,7 +45,7 @@ fit nth_farthest --config experiments/nth_farthest/rmc.yaml --model.init_args.co
 fit learn_to_execute --config experiments/learn_to_execute/rmc.yaml --model.init_args.compile_step=true
 fit word_lm --config experiments/language_modelling/ptb_rmc_small.yaml --model.init_args.compile_step=true \
     --data.init_args.corpus=tests/data/gettysburg --data.init_args.batch_size=4 --data.init_args.eval_batch_size=4 \
-    --trainer.max_time=null
+    --trainer.max_time=null --trainer.val_check_interval=1.0  # the tiny corpus has fewer than 30 windows an epoch
 
 python - "$out" <<'PY'
 import json
