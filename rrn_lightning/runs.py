@@ -214,8 +214,9 @@ class RunCheckpoint(ModelCheckpoint):
             self.write_last(trainer, "SIGTERM")
 
     # -------------------------------------------------------------- SIGUSR1: write now, keep training
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Composed with any handler already there (Lightning's SLURM requeue handler among them).
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Composed with any handler already there: Lightning's SLURM requeue handler among them, which Lightning
+        # installs after on_fit_start and only where no SIGUSR1 handler exists yet, so ours goes in after it.
         if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGUSR1)
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rrn_lightning.cli import cli_main
@@ -125,3 +126,101 @@ def test_word_lm_under_ddp_validates_as_one_process(tmp_path):
         tmp_path, config, run / "checkpoints" / "last.ckpt", *data, "--data.init_args.eval_batch_size=4"
     )
     assert_same_metrics(last_validation(run), one, {"val/loss", "val/ppl"})
+
+
+# --------------------------------------------------------------------- SLURM, simulated
+TESTS = ROOT / "tests"
+SMALL_NTH = [
+    f"--config={EXPERIMENTS / 'nth_farthest' / 'rmc_cpu.yaml'}",
+    "--data.init_args.batch_size=16",
+    "--data.init_args.val_size=32",
+    "--data.init_args.batches_per_epoch=6",
+    "--trainer.max_epochs=1",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=2",
+    "--trainer.num_nodes=1",
+    "--trainer.strategy=ddp",
+    "--trainer.enable_progress_bar=false",
+    "--checkpoint.every_n_train_steps=0",
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def srun(tmp_path: Path, *args: str) -> list[subprocess.CompletedProcess]:
+    """What ``srun --ntasks=2`` on one node does for ``rrn fit ...``: two processes with the ``SLURM_*`` variables
+    srun gives each task, and an ``scontrol`` on PATH that records its arguments instead of requeueing."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    scontrol = stubs / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    port = str(free_port())
+    processes = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1",
+            "SLURM_JOB_ID": "4242",
+            "SLURM_JOB_NAME": "rrn-test",
+            "SLURM_NTASKS": "2",
+            "SLURM_NTASKS_PER_NODE": "2",
+            "SLURM_JOB_NUM_NODES": "1",
+            "SLURM_NODELIST": "127.0.0.1",
+            "SLURM_NODEID": "0",
+            "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": str(rank),
+            "MASTER_PORT": port,
+        }
+        env = {
+            k: v
+            for k, v in env.items()
+            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID")
+        }
+        command = [RRN, "fit", *SMALL_NTH, f"--trainer.default_root_dir={tmp_path / 'runs'}", *args]
+        processes.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+def test_a_simulated_slurm_launch_trains_with_slurms_ranks(tmp_path):
+    results = srun(tmp_path)
+    for rank, result in enumerate(results):
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in result.stderr + result.stdout
+    (last,) = (tmp_path / "runs").glob("*/version_0/checkpoints/last.ckpt")
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+
+
+def test_sigusr1_under_slurm_writes_last_asks_for_a_requeue_and_the_next_job_resumes(tmp_path):
+    """SIGUSR1 during step 3 (what ``#SBATCH --signal=SIGUSR1@120`` sends every task): every rank writes last.ckpt
+    after the step, rank 0 asks ``scontrol requeue`` once, and the job goes on until SLURM kills it (here after step
+    4, with SIGKILL). The requeued job, the same command, continues the run from step 3 in its own folder."""
+    signal_at_3 = ["--trainer.callbacks+=interrupt.SignalAtStep", "--trainer.callbacks.step=3"]
+    signal_at_3 += ["--trainer.callbacks.signal_name=SIGUSR1"]
+    killed_after_4 = ["--trainer.callbacks+=interrupt.KillAtStep", "--trainer.callbacks.step=4"]
+    first = srun(tmp_path, *signal_at_3, *killed_after_4, "--ckpt_path=last", "--allow_fresh_start=true")
+    assert [r.returncode for r in first] == [-9, -9], first[0].stderr[-3000:]
+    assert "SIGUSR1: wrote" in first[0].stderr and "at step 3" in first[0].stderr
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]  # rank 0 asked, once
+    (last,) = (tmp_path / "runs").glob("*/version_0/checkpoints/last.ckpt")
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    resumed = srun(tmp_path, "--ckpt_path=last", "--allow_fresh_start=true")
+    for result in resumed:
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "Restoring states from the checkpoint path at" in resumed[0].stderr
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+    assert not list((tmp_path / "runs").glob("*/version_1"))  # the same run folder, not a new one
