@@ -51,3 +51,15 @@ class PoisonBatches(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first <= trainer.global_step + 1 <= self.last:
             batch[0].fill_(float("nan"))
+
+
+class SaveWeights(Callback):
+    """At the end of training, save this rank's weights to ``<folder>/rank<global_rank>.pt`` (to compare ranks)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        weights = {name: p.detach() for name, p in pl_module.named_parameters()}
+        torch.save(weights, os.path.join(self.folder, f"rank{trainer.global_rank}.pt"))

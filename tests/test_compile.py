@@ -1,8 +1,8 @@
 """The RMC's ``compile_step`` switch: the compiled step equals the eager one (which equals the reference, see
 test_memory.py), recompiles stay bounded, bad settings are refused and a missing compiler falls back to eager.
 
-Inductor's compiles take tens of seconds on two cores, so only two tests compile with it (tiny shapes, every
-feature at once); the matrix of configurations runs through the same torch.compile machinery (Dynamo and
+Inductor's compiles take tens of seconds on two cores, so only two tests compile with it (tiny shapes, many
+features at once); the matrix of configurations runs through the same torch.compile machinery (Dynamo and
 AOTAutograd) with the ``aot_eager`` backend, which skips only the code generation."""
 
 import warnings
@@ -144,10 +144,12 @@ def test_recompiles_are_bounded_by_what_changes_the_graph(traced):
     assert traced.graphs == 4
 
 
-# --------------------------------------------------------------------- inductor itself, two compiles in all
-def test_inductor_step_equals_the_eager_step_with_every_feature_at_once():
+# --------------------------------------------------------------------- inductor itself, two tests in all
+def test_inductor_step_equals_the_eager_step_with_padding_input_rows_and_biases():
+    """One block (two double the compile; the traced tests above cover two blocks); padding, two input rows and a
+    non-default forget bias, all in one compile."""
     torch._dynamo.reset()
-    core = make(num_blocks=2, input_rows=2, forget_bias=-0.3)
+    core = make(input_rows=2, forget_bias=-0.3)
     xs = xs_for(core, batch=4)
     lengths = torch.tensor([4, 1, 3, 0])
     eager = run(core, xs, lengths)

@@ -128,6 +128,47 @@ def test_word_lm_under_ddp_validates_as_one_process(tmp_path):
     assert_same_metrics(last_validation(run), one, {"val/loss", "val/ppl"})
 
 
+# --------------------------------------------------------------------- two machines, simulated
+def test_two_nodes_with_a_c10d_rendezvous_train_to_the_same_weights(tmp_path):
+    """Two torchrun agents, as on two machines (``--nnodes=2 --node_rank=i``, one process each), meet at a c10d
+    rendezvous on 127.0.0.1, train together and end with the same weights on both ranks."""
+    port = free_port()
+    weights = tmp_path / "weights"
+    agents = []
+    for node in range(2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}"]
+        command += [
+            "--nproc_per_node=1",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint=127.0.0.1:{port}",
+            "--no-python",
+        ]
+        command += [RRN, "fit", *SMALL_NTH[:5], "--trainer.accelerator=cpu", "--trainer.devices=1"]
+        command += ["--trainer.num_nodes=2", "--trainer.strategy=ddp", "--trainer.enable_progress_bar=false"]
+        command += [
+            f"--trainer.default_root_dir={tmp_path / 'runs'}",
+            "--trainer.callbacks+=interrupt.SaveWeights",
+        ]
+        command += [f"--trainer.callbacks.folder={weights}"]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        }
+        agents.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    for agent in agents:
+        _, err = agent.communicate(timeout=300)
+        assert agent.returncode == 0, err[-3000:]
+    rank0, rank1 = (torch.load(weights / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    (last,) = (tmp_path / "runs").glob("*/version_0/checkpoints/last.ckpt")
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+
+
 # --------------------------------------------------------------------- SLURM, simulated
 TESTS = ROOT / "tests"
 SMALL_NTH = [
