@@ -23,7 +23,15 @@ from ..common import ConfigurationError, check_positive_ints
 from .base import RecurrentCore
 from .compiling import CompiledFunction, CompileMode, check_compile_mode, resolve_mode
 
-__all__ = ["RelationalMemory", "StepShape", "StepWeights", "rmc_step", "sonnet_linear_init_"]
+__all__ = [
+    "BlockWeights",
+    "InputWeights",
+    "RelationalMemory",
+    "StepShape",
+    "StepWeights",
+    "rmc_step",
+    "sonnet_linear_init_",
+]
 
 GateStyle = Literal["unit", "memory"] | None
 _GATE_STYLES = ("unit", "memory", None)
@@ -271,7 +279,7 @@ class RelationalMemory(RecurrentCore):
             compute = torch.get_autocast_dtype(device.type)
         return compute, torch.promote_types(compute, torch.float32)
 
-    def _weights(self, compute: torch.dtype, stats: torch.dtype) -> tuple[StepWeights, tuple[Tensor, ...]]:
+    def _weights(self, compute: torch.dtype, stats: torch.dtype) -> tuple[StepWeights, InputWeights]:
         """The step's weights cast once (a no-op without autocast), and those of the input-only work."""
 
         def linear(layer: nn.Linear) -> tuple[Tensor, Tensor]:
@@ -281,12 +289,14 @@ class RelationalMemory(RecurrentCore):
             return layer.weight.to(stats), layer.bias.to(stats)
 
         blocks = tuple(
-            (*linear(b.qkv), *norm(b.qkv_norm), *norm(b.attention_norm), *norm(b.mlp_norm))
+            BlockWeights(linear(b.qkv), norm(b.qkv_norm), norm(b.attention_norm), norm(b.mlp_norm))
             for b in self.blocks
         )
         mlp = tuple(linear(layer) for layer in self.mlp if isinstance(layer, nn.Linear))
         gate_memory = linear(self.gate_memory) if self.gate_size else None
-        inputs = (*linear(self.input_projection), *(linear(self.gate_input) if self.gate_size else ()))
+        inputs = InputWeights(
+            linear(self.input_projection), linear(self.gate_input) if self.gate_size else None
+        )
         return StepWeights(blocks, mlp, gate_memory), inputs
 
     def _shape(self, compute: torch.dtype, stats: torch.dtype) -> StepShape:
@@ -295,7 +305,6 @@ class RelationalMemory(RecurrentCore):
             num_heads=self.num_heads,
             key_size=self.key_size,
             head_size=self.head_size,
-            gate_size=self.gate_size,
             scale=self._scale,
             eps=tuple((b.qkv_norm.eps, b.attention_norm.eps, b.mlp_norm.eps) for b in self.blocks),
             compute=compute,
@@ -307,23 +316,23 @@ class RelationalMemory(RecurrentCore):
         x: Tensor,
         shape: StepShape,
         weights: StepWeights,
-        inputs: tuple[Tensor, ...],
+        inputs: InputWeights,
         dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor | None, Tensor]:
         """x [..., (n,) D] -> projected rows [..., n, M], the gates' input part [..., 2G] with the gate biases
         added (in the statistics dtype, as exact values), and block 1's normalised q/k/v of the input rows
         [..., n, H*(2k+h)]; ``dtype`` is the memory's (the residual stream's)."""
         compute, stats = shape.compute, shape.stats
-        rows = F.linear(x.to(compute), inputs[0], inputs[1])
+        rows = F.linear(x.to(compute), *inputs.projection)
         if self.input_rows == 1:
             rows = rows.unsqueeze(-2)  # [..., 1, M]
         gate_in = None
-        if self.gate_size:
+        if inputs.gate is not None:
             G = self.gate_size
-            part = F.linear(rows.flatten(-2), inputs[2], inputs[3]).to(stats)  # [..., 2G]
+            part = F.linear(rows.flatten(-2), *inputs.gate).to(stats)  # [..., 2G]
             gate_in = torch.cat([part[..., :G] + self._input_bias, part[..., G:] + self._forget_bias], dim=-1)
-        qkv_w, qkv_b, norm_w, norm_b = weights.blocks[0][:4]
-        qkv_in = _norm(F.linear(rows, qkv_w, qkv_b), norm_w, norm_b, shape.eps[0][0], dtype)
+        first = weights.blocks[0]
+        qkv_in = _norm(F.linear(rows, *first.qkv), first.qkv_norm, shape.eps[0][0], dtype)
         return rows.to(dtype), gate_in, qkv_in
 
     def _run(self, xs: Tensor, memory: Tensor, mask: Tensor | None, return_attention: bool, leading: int):
@@ -333,7 +342,7 @@ class RelationalMemory(RecurrentCore):
         shape = self._shape(compute, stats)
         mode = resolve_mode(self.compile_step, device)
         weights, inputs = self._weights(compute, stats)
-        trains = torch.is_grad_enabled() and weights.blocks[0][0].requires_grad
+        trains = torch.is_grad_enabled() and weights.blocks[0].qkv[0].requires_grad
         if mode is not None and trains and not memory.requires_grad and not memory.is_inference():
             # A compiled graph is specialised on whether each input requires grad: a state without grad (a fresh
             # or carried one) entering the first step would compile a second graph for that step alone. Asking for
@@ -427,21 +436,37 @@ class StepShape:
     num_heads: int
     key_size: int
     head_size: int
-    gate_size: int
     scale: float
     eps: tuple[tuple[float, float, float], ...]
     compute: torch.dtype
     stats: torch.dtype
 
 
-class StepWeights(NamedTuple):
-    """The weights ``rmc_step`` reads, already cast: per block ``(qkv weight, qkv bias, qkv_norm weight, bias,
-    attention_norm weight, bias, mlp_norm weight, bias)``; the shared MLP's ``(weight, bias)`` by layer; the gate
-    layer on the memory ``(weight, bias)``, or None without gating."""
+class BlockWeights(NamedTuple):
+    """One attention block's weights, already cast, each a ``(weight, bias)`` pair: the q/k/v projection (compute
+    dtype) and its three LayerNorms (statistics dtype)."""
 
-    blocks: tuple[tuple[Tensor, ...], ...]
+    qkv: tuple[Tensor, Tensor]
+    qkv_norm: tuple[Tensor, Tensor]
+    attention_norm: tuple[Tensor, Tensor]
+    mlp_norm: tuple[Tensor, Tensor]
+
+
+class StepWeights(NamedTuple):
+    """The weights ``rmc_step`` reads, already cast: each block's, the shared MLP's ``(weight, bias)`` by layer,
+    and the gate layer on the memory ``(weight, bias)``, or None without gating."""
+
+    blocks: tuple[BlockWeights, ...]
     mlp: tuple[tuple[Tensor, Tensor], ...]
     gate_memory: tuple[Tensor, Tensor] | None
+
+
+class InputWeights(NamedTuple):
+    """The weights of the input-only work before the time loop, already cast: the input projection and the input
+    half of the gates (None without gating), each ``(weight, bias)``."""
+
+    projection: tuple[Tensor, Tensor]
+    gate: tuple[Tensor, Tensor] | None
 
 
 def rmc_step(
@@ -473,12 +498,14 @@ def rmc_step(
     compute, dtype = shape.compute, memory.dtype
     x_mem, x_in = memory, rows  # the memory rows and the input rows entering each block
     kept = []
-    for i, (qkv_w, qkv_b, qn_w, qn_b, an_w, an_b, mn_w, mn_b) in enumerate(weights.blocks):
+    for i, block in enumerate(weights.blocks):
         last = i == len(weights.blocks) - 1
         qkv_eps, attention_eps, mlp_eps = shape.eps[i]
-        qkv_mem = _norm(F.linear(x_mem.to(compute), qkv_w, qkv_b), qn_w, qn_b, qkv_eps, dtype)  # [B, N, F]
+        qkv_mem = _norm(F.linear(x_mem.to(compute), *block.qkv), block.qkv_norm, qkv_eps, dtype)  # [B, N, F]
         if i > 0:
-            qkv_in = _norm(F.linear(x_in.to(compute), qkv_w, qkv_b), qn_w, qn_b, qkv_eps, dtype)  # [B, n, F]
+            qkv_in = _norm(
+                F.linear(x_in.to(compute), *block.qkv), block.qkv_norm, qkv_eps, dtype
+            )  # [B, n, F]
         qkv = torch.cat([qkv_mem, qkv_in], dim=1).view(B, R, H, 2 * k + h).transpose(1, 2)  # [B, H, R, 2k+h]
         q, key, v = qkv.to(compute).split([k, k, h], dim=-1)
         if last:
@@ -491,11 +518,13 @@ def rmc_step(
         att = torch.matmul(w.to(compute), v)  # [B, H, Q, h]
         att = att.transpose(1, 2).reshape(B, q.shape[2], M)  # [B, Q, M]
         if last:
-            x_mem = _norm(x_mem + att, an_w, an_b, attention_eps, dtype)
-            x_mem = _norm(_mlp(x_mem, weights.mlp, compute) + x_mem, mn_w, mn_b, mlp_eps, dtype)
+            x_mem = _norm(x_mem + att, block.attention_norm, attention_eps, dtype)
+            x_mem = _norm(_mlp(x_mem, weights.mlp, compute) + x_mem, block.mlp_norm, mlp_eps, dtype)
         else:
-            x = _norm(torch.cat([x_mem, x_in], dim=1) + att, an_w, an_b, attention_eps, dtype)  # [B, R, M]
-            x = _norm(_mlp(x, weights.mlp, compute) + x, mn_w, mn_b, mlp_eps, dtype)
+            x = _norm(
+                torch.cat([x_mem, x_in], dim=1) + att, block.attention_norm, attention_eps, dtype
+            )  # [B, R, M]
+            x = _norm(_mlp(x, weights.mlp, compute) + x, block.mlp_norm, mlp_eps, dtype)
             x_mem, x_in = x[:, :N], x[:, N:]
     new, gates = x_mem, None  # [B, N, M]
     if gate_in is not None:
@@ -509,8 +538,10 @@ def rmc_step(
     return new, gates, torch.stack(kept, dim=1) if keep_attention else None
 
 
-def _norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
-    """LayerNorm over the last axis in its weights' (statistics) dtype; the result in ``dtype``."""
+def _norm(x: Tensor, norm: tuple[Tensor, Tensor], eps: float, dtype: torch.dtype) -> Tensor:
+    """LayerNorm over the last axis with ``norm = (weight, bias)``, in their (statistics) dtype; the result in
+    ``dtype``."""
+    weight, bias = norm
     return F.layer_norm(x.to(weight.dtype), x.shape[-1:], weight, bias, eps).to(dtype)
 
 
