@@ -182,24 +182,25 @@ class Runner:
                 self.model(xs)
 
 
+def timed(runner: Runner, xs: torch.Tensor, device: str, steps: int = 1) -> float:
+    """Seconds per step of ``steps`` steps of ``runner``, the device synchronised before and after."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        runner.step(xs, device)
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
 def measure(runners: list[Runner], xs: torch.Tensor, device: str, steps: int, reps: int) -> None:
     """Warm every runner up (timing the first call: a compiled step compiles there), measure its peak memory and
     the activations autograd saves, then time the runners interleaved, ``reps`` rounds of ``steps`` steps each, so
     that a change in the machine's speed touches them all alike."""
     memory = Memory(device)
     for r in runners:
-        sync(device)
-        start = time.perf_counter()
+        r.result["first_call_s"] = round(timed(r, xs, device), 3)
         r.step(xs, device)
-        sync(device)
-        first = time.perf_counter() - start
-        r.step(xs, device)
-        sync(device)
-        start = time.perf_counter()
-        r.step(xs, device)
-        sync(device)
-        r.result["first_call_s"] = round(first, 3)
-        r.result["warm_step_s"] = round(time.perf_counter() - start, 3)
+        r.result["warm_step_s"] = round(timed(r, xs, device), 3)
         memory.start()
         saved = [0]
 
@@ -215,12 +216,7 @@ def measure(runners: list[Runner], xs: torch.Tensor, device: str, steps: int, re
             r.result["saved_activations_mb"] = round(saved[0] / 2**20, 1)
     for _ in range(reps):
         for r in runners:
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                r.step(xs, device)
-            sync(device)
-            r.times_ms.append((time.perf_counter() - start) / steps * 1e3)
+            r.times_ms.append(timed(r, xs, device, steps) * 1e3)
     tokens = xs.shape[0] * xs.shape[1]
     for r in runners:
         ms = statistics.median(r.times_ms)
@@ -237,8 +233,9 @@ def profile_step(runner: Runner, xs: torch.Tensor, device: str, top: int = 12) -
             runner.step(xs, device)
         sync(device)
     sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-    table = sorted(prof.key_averages(), key=lambda e: getattr(e, sort), reverse=True)[:top]
-    total = sum(getattr(e, sort) for e in prof.key_averages())
+    averages = prof.key_averages()
+    table = sorted(averages, key=lambda e: getattr(e, sort), reverse=True)[:top]
+    total = sum(getattr(e, sort) for e in averages)
     return [
         {
             "op": e.key,
