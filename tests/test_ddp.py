@@ -9,6 +9,7 @@ keep it so for our data modules and metrics.)
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,45 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from rrn_lightning.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
 EXPERIMENTS = ROOT / "experiments"
 RRN = shutil.which("rrn") or str(Path(sys.executable).parent / "rrn")
+# A small Nth farthest run: 6 training steps, one validation.
+SMALL_NTH = [
+    f"--config={EXPERIMENTS / 'nth_farthest' / 'rmc_cpu.yaml'}",
+    "--data.init_args.batch_size=16",
+    "--data.init_args.val_size=32",
+    "--data.init_args.batches_per_epoch=6",
+    "--trainer.max_epochs=1",
+    "--trainer.accelerator=cpu",
+    "--trainer.strategy=ddp",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment of a training process: one thread (two share two cores), the test callbacks importable."""
+    pythonpath = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath, **extra}
+
+
+def run_together(commands: list[tuple[list[str], dict[str, str]]]) -> list[subprocess.CompletedProcess]:
+    """Start every ``(command, env)`` at once (they rendezvous with each other) and wait for all of them."""
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for command, env in commands
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def torchrun_fit(tmp_path: Path, config: Path, *overrides: str) -> Path:
@@ -37,8 +75,7 @@ def torchrun_fit(tmp_path: Path, config: Path, *overrides: str) -> Path:
     command += [RRN, "fit", "--config", str(config), "--trainer.accelerator=cpu", "--trainer.devices=2"]
     command += ["--trainer.strategy=ddp", f"--trainer.default_root_dir={tmp_path / 'ddp'}"]
     command += ["--trainer.enable_progress_bar=false", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=worker_env())
     assert result.returncode == 0, result.stderr[-4000:]
     (checkpoint,) = (tmp_path / "ddp").glob("*/version_0/checkpoints/last.ckpt")
     return checkpoint.parents[1]
@@ -137,30 +174,16 @@ def test_two_nodes_with_a_c10d_rendezvous_train_to_the_same_weights(tmp_path):
     agents = []
     for node in range(2):
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}"]
-        command += [
-            "--nproc_per_node=1",
-            "--rdzv_backend=c10d",
-            f"--rdzv_endpoint=127.0.0.1:{port}",
-            "--no-python",
-        ]
-        command += [RRN, "fit", *SMALL_NTH[:5], "--trainer.accelerator=cpu", "--trainer.devices=1"]
-        command += ["--trainer.num_nodes=2", "--trainer.strategy=ddp", "--trainer.enable_progress_bar=false"]
+        command += ["--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}"]
+        command += ["--no-python", RRN, "fit", *SMALL_NTH, "--trainer.devices=1", "--trainer.num_nodes=2"]
         command += [
             f"--trainer.default_root_dir={tmp_path / 'runs'}",
             "--trainer.callbacks+=interrupt.SaveWeights",
         ]
         command += [f"--trainer.callbacks.folder={weights}"]
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-        }
-        agents.append(
-            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    for agent in agents:
-        _, err = agent.communicate(timeout=300)
-        assert agent.returncode == 0, err[-3000:]
+        agents.append((command, worker_env()))
+    for agent in run_together(agents):
+        assert agent.returncode == 0, agent.stderr[-3000:]
     rank0, rank1 = (torch.load(weights / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert rank0.keys() == rank1.keys()
     for name in rank0:
@@ -170,30 +193,6 @@ def test_two_nodes_with_a_c10d_rendezvous_train_to_the_same_weights(tmp_path):
 
 
 # --------------------------------------------------------------------- SLURM, simulated
-TESTS = ROOT / "tests"
-SMALL_NTH = [
-    f"--config={EXPERIMENTS / 'nth_farthest' / 'rmc_cpu.yaml'}",
-    "--data.init_args.batch_size=16",
-    "--data.init_args.val_size=32",
-    "--data.init_args.batches_per_epoch=6",
-    "--trainer.max_epochs=1",
-    "--trainer.accelerator=cpu",
-    "--trainer.devices=2",
-    "--trainer.num_nodes=1",
-    "--trainer.strategy=ddp",
-    "--trainer.enable_progress_bar=false",
-    "--checkpoint.every_n_train_steps=0",
-]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def srun(tmp_path: Path, *args: str) -> list[subprocess.CompletedProcess]:
     """What ``srun --ntasks=2`` on one node does for ``rrn fit ...``: two processes with the ``SLURM_*`` variables
     srun gives each task, and an ``scontrol`` on PATH that records its arguments instead of requeueing."""
@@ -203,38 +202,34 @@ def srun(tmp_path: Path, *args: str) -> list[subprocess.CompletedProcess]:
     scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
     scontrol.chmod(0o755)
     port = str(free_port())
-    processes = []
+    tasks = []
     for rank in range(2):
-        env = {
-            **os.environ,
-            "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}",
-            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-            "OMP_NUM_THREADS": "1",
-            "SLURM_JOB_ID": "4242",
-            "SLURM_JOB_NAME": "rrn-test",
-            "SLURM_NTASKS": "2",
-            "SLURM_NTASKS_PER_NODE": "2",
-            "SLURM_JOB_NUM_NODES": "1",
-            "SLURM_NODELIST": "127.0.0.1",
-            "SLURM_NODEID": "0",
-            "SLURM_PROCID": str(rank),
-            "SLURM_LOCALID": str(rank),
-            "MASTER_PORT": port,
-        }
+        env = worker_env(
+            PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}",
+            SLURM_JOB_ID="4242",
+            SLURM_JOB_NAME="rrn-test",
+            SLURM_NTASKS="2",
+            SLURM_NTASKS_PER_NODE="2",
+            SLURM_JOB_NUM_NODES="1",
+            SLURM_NODELIST="127.0.0.1",
+            SLURM_NODEID="0",
+            SLURM_PROCID=str(rank),
+            SLURM_LOCALID=str(rank),
+            MASTER_PORT=port,
+        )
         env = {
             k: v
             for k, v in env.items()
             if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID")
         }
-        command = [RRN, "fit", *SMALL_NTH, f"--trainer.default_root_dir={tmp_path / 'runs'}", *args]
-        processes.append(
-            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    results = []
-    for process in processes:
-        out, err = process.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    return results
+        command = [RRN, "fit", *SMALL_NTH, "--trainer.devices=2", "--trainer.num_nodes=1"]
+        command += [
+            "--checkpoint.every_n_train_steps=0",
+            f"--trainer.default_root_dir={tmp_path / 'runs'}",
+            *args,
+        ]
+        tasks.append((command, env))
+    return run_together(tasks)
 
 
 def test_a_simulated_slurm_launch_trains_with_slurms_ranks(tmp_path):
