@@ -84,3 +84,17 @@ def test_compile_run_benchmark_smoke():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     eager = report["runs"]["eager"]
     assert eager["steps"] == 2 and eager["graphs_compiled"] == 0 and "val/loss" in eager["val"]
+
+
+def test_fit_matrix_dry_run(tmp_path):
+    """The GPU check's fit matrix, run on the CPU for one family and core: a fit, its checkpoint validated twice."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "fit_matrix.py"), "--accelerator=cpu", "--scale=cpu"]
+    command += ["--families=nth_farthest", "--cores=lstm", "--precisions=bf16-mixed", "--steps=2", f"--out={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    (fit,) = report["fits"]
+    assert fit["exit"] == 0 and fit["finite"] and set(fit["val"]) == {"val/loss", "val/acc"}
+    (agreement,) = report["device_agreement"]
+    assert agreement["largest_relative_difference"] == 0.0, agreement
+    assert "skipped" in report["ddp"]
