@@ -27,6 +27,7 @@ from rrn_lightning.common import (
     PAD_ID,
     PAD_TOKEN,
     ConfigurationError,
+    ExampleText,
     Seq2SeqBatch,
     SupportsBatchLoss,
     check_positive_ints,
@@ -69,6 +70,31 @@ def decode(ids: list[int]) -> str:
             break
         chars.append(VOCAB[i] if i not in (PAD_ID, EOS_ID) else "")
     return "".join(chars)
+
+
+def describe_seq2seq(
+    batch: Seq2SeqBatch, index: int, prediction: Tensor | None, step_label, output_text, separator: str = ""
+) -> ExampleText:
+    """A sequence-to-sequence example in words: ``step_label(input row [D]) -> str`` names each real input step
+    (the input line joins them with ``separator``), ``output_text(ids) -> str`` reads a target or a prediction (up
+    to the target's length)."""
+    length, target_length = int(batch.input_lengths[index]), int(batch.target_lengths[index])
+    rows = batch.inputs[index, :length].float().cpu()  # [T, D]
+    target = batch.targets[index, :target_length].tolist()
+    steps = [step_label(row) for row in rows]
+    lines = ["input:  " + separator.join(steps)]
+    lines.append("target: " + output_text(target))
+    if prediction is not None:
+        lines.append("model:  " + output_text(prediction[:target_length].tolist()))
+    return ExampleText(steps, lines)
+
+
+def _character(row: Tensor) -> str:
+    """A one-hot input row -> its character (``<eos>`` as ``$``, a line break as ``|`` for one-line labels)."""
+    i = int(row.argmax())
+    if i == EOS_ID:
+        return "$"
+    return {"\n": "|"}.get(VOCAB[i], VOCAB[i])
 
 
 class Curriculum:
@@ -289,6 +315,11 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
 
     def _eval_batch(self, size: int, source: random.Random) -> Seq2SeqBatch:
         return self.make_batch(size, source, None)
+
+    def describe_example(self, batch: Seq2SeqBatch, index: int, prediction: Tensor | None) -> ExampleText:
+        """``DescribesExamples``: the program character by character (``$`` its ``<eos>``, ``|`` a line break),
+        the target and the model's output as text."""
+        return describe_seq2seq(batch, index, prediction, _character, decode)
 
     def train_dataloader(self) -> DataLoader:
         return training_loader(self, _TrainBatches(self, rank_of(self)), self.num_workers)

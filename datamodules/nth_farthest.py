@@ -5,13 +5,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from rrn_lightning.common import ClassificationBatch, ConfigurationError, check_positive_ints
+from rrn_lightning.common import ClassificationBatch, ConfigurationError, ExampleText, check_positive_ints
 
 from ._resumable import SeededBatches, rank_of, training_loader
 
 __all__ = ["NthFarthestDataModule", "make_nth_farthest"]
+
+
+def _ordinal(k: int) -> str:
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
 
 
 def make_nth_farthest(
@@ -152,3 +158,18 @@ class NthFarthestDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    def describe_example(self, batch: ClassificationBatch, index: int, prediction: Tensor | None) -> ExampleText:
+        """``DescribesExamples``: each step labelled by the id of the vector read there (rows come shuffled), and
+        the question, the vectors by id, the answer and the model's."""
+        inputs, labels = batch[0][index].float().cpu(), batch[1][index]  # [K, F + 3K], []
+        K, Fe = self.num_vectors, self.num_features
+        ids = inputs[:, Fe : Fe + K].argmax(-1).tolist()  # [K]: the id of the vector at each step
+        n, m = int(inputs[0, Fe + K : Fe + 2 * K].argmax()), int(inputs[0, Fe + 2 * K :].argmax())
+        by_id = sorted(zip(ids, inputs[:, :Fe].tolist(), strict=True))
+        lines = [f"which vector is the {_ordinal(n + 1)} farthest from v{m}? (n={n}, m={m}, 0-based)"]
+        lines += [f"v{i}: (" + ", ".join(f"{x:+.2f}" for x in vector) + ")" for i, vector in by_id]
+        answer = f"answer v{int(labels)}"
+        if prediction is not None:
+            answer += f", model v{int(prediction)}"
+        return ExampleText([f"v{i}" for i in ids], [*lines, answer])

@@ -14,12 +14,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader
 
-from rrn_lightning.common import ConfigurationError, Seq2SeqBatch, check_positive_ints
+from rrn_lightning.common import ConfigurationError, ExampleText, Seq2SeqBatch, check_positive_ints
 
 from ._evaluation import FixedEvaluationSets
 from ._resumable import SeededBatches, rank_of, training_loader
+from .learn_to_execute import describe_seq2seq
 
 __all__ = ["SortingDataModule", "make_sorting"]
 
@@ -118,6 +120,17 @@ class SortingDataModule(FixedEvaluationSets, LightningDataModule):
 
     def _draw(self, generator: torch.Generator) -> Seq2SeqBatch:
         return self.make(self.batch_size, generator)
+
+    def describe_example(self, batch: Seq2SeqBatch, index: int, prediction: Tensor | None) -> ExampleText:
+        """``DescribesExamples``: the numbers read, the target and the model's output (values or indices)."""
+
+        def number(row: Tensor) -> str:
+            return str(int(self.low) + int(row.argmax())) if self.numbers == "int" else f"{float(row[0]):.2f}"
+
+        def output(ids: list[int]) -> str:
+            return " ".join(str(int(self.low) + i if self.target == "values" else i) for i in ids)
+
+        return describe_seq2seq(batch, index, prediction, number, output, separator=" ")
 
     def train_dataloader(self) -> DataLoader:
         return training_loader(

@@ -14,7 +14,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from rrn_lightning.common import ConfigurationError, check_positive_ints
+from rrn_lightning.common import ConfigurationError, ExampleText, LanguageModelBatch, check_positive_ints
 
 from ._resumable import training_loader
 from .bptt import BPTTBatches
@@ -132,6 +132,14 @@ class WordLMDataModule(LightningDataModule):
     def vocab_size(self) -> int:
         """Number of words, ``<unk>`` and ``<eos>`` included; linked into the model by the ``rrn`` CLI."""
         return len(self.vocab)
+
+    def describe_example(self, batch: LanguageModelBatch, index: int, prediction: Tensor | None) -> ExampleText:
+        """``DescribesExamples``: row ``index`` of a BPTT window as words, and the model's next-word guesses."""
+        words = [self.vocab.itos[i] for i in batch.inputs[index].tolist()]
+        lines = ["text:  " + " ".join(words)]
+        if prediction is not None:
+            lines.append("model: " + " ".join(self.vocab.itos[i] for i in prediction.tolist()))
+        return ExampleText(words, lines)
 
     def prepare_data(self) -> None:
         self.vocab  # noqa: B018 - fetch, split and build the vocabulary once per node

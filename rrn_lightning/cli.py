@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from . import generate
 from .checkpoints import check_checkpoint, upgrade_class_paths
 from .common import ConfigurationError
+from .insight import Insight
 from .runs import NonFiniteLoss, NonFiniteLossError, RunCheckpoint, latest_checkpoint, run_of_checkpoint
 from .tasks import TaskModule
 
@@ -80,6 +81,8 @@ class RRNCLI(LightningCLI):
             {"checkpoint.filename": "epoch{epoch}-step{step}", "checkpoint.auto_insert_metric_name": False}
         )
         parser.add_lightning_class_args(NonFiniteLoss, "nonfinite")
+        # What TensorBoard shows beyond the task's scalars (attention maps, gates, text, HPARAMS); insight.py.
+        parser.add_lightning_class_args(Insight, "insight")
         # Sizes that only the data knows, stated once: the data module computes them, the model receives them.
         # A link whose source the chosen data module lacks is skipped (jsonargparse), so each task family has its
         # own: classification data has input_size and num_classes, language-modelling data has vocab_size.

@@ -6,12 +6,14 @@ no model code (``rrn_lightning/__init__.py`` loads everything else lazily). It h
 - the configuration error and argument checks (errors that name the owner, the argument and its value);
 - the ignore index of targets that are not scored, and the special token ids and strings of our vocabularies;
 - the batch types that data modules yield and models read;
-- ``SupportsBatchLoss``, the protocol through which ``datamodules.CurriculumCallback`` asks a model for a loss.
+- ``SupportsBatchLoss``, the protocol through which ``datamodules.CurriculumCallback`` asks a model for a loss;
+- ``DescribesExamples`` and ``ExampleText``, through which ``rrn_lightning.insight.Insight`` asks a data module to
+  put one of its examples (and a model's prediction for it) into words.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -25,6 +27,8 @@ __all__ = [
     "UNK_TOKEN",
     "ClassificationBatch",
     "ConfigurationError",
+    "DescribesExamples",
+    "ExampleText",
     "LanguageModelBatch",
     "Seq2SeqBatch",
     "SupportsBatchLoss",
@@ -96,3 +100,21 @@ class SupportsBatchLoss(Protocol):
     ``rrn_lightning.Seq2Seq`` implements it."""
 
     def batch_loss(self, batch: Seq2SeqBatch) -> Tensor: ...
+
+
+class ExampleText(NamedTuple):
+    """One example in words (``DescribesExamples.describe_example``)."""
+
+    steps: list[str]  # a short label for each real time step the core reads: a character, a word, a vector's id
+    lines: list[str]  # the example, its answer and the model's, as a few lines of plain text
+
+
+@runtime_checkable
+class DescribesExamples(Protocol):
+    """A data module that can say what one example of its batches is (TensorBoard's attention maps and text,
+    ``rrn_lightning.insight.Insight``). ``describe_example(batch, index, prediction)`` describes example ``index``
+    of an evaluation ``batch`` of this data module; ``prediction`` is the model's output for it (a class id
+    ``[]``, output ids ``[T_out]``, or next-token ids ``[T]``; None to leave it out). Tensors may be on any
+    device. The data modules of ``datamodules`` implement it."""
+
+    def describe_example(self, batch: Any, index: int, prediction: Tensor | None) -> ExampleText: ...

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
@@ -78,6 +79,28 @@ class RunLogger(TensorBoardLogger):
         extra = {} if purge_step is None else {"purge_step": purge_step}
         # No placeholder hp_metric: it would be logged again at step 0 by every resumed run.
         super().__init__(save_dir, name=name, version=version, default_hp_metric=False, **extra)
+        self._extra_hparams: dict[str, Any] = {}
+        self._hparam_metrics: list[str] = []
+
+    def declare_hparams(self, extra: dict[str, Any], metrics: list[str]) -> None:
+        """Called before fit logs the hyperparameters (``Insight.setup``): ``extra`` joins them (in hparams.yaml
+        too), and ``metrics`` are the scalar tags that TensorBoard's HPARAMS tab shows beside them, logged later."""
+        self._extra_hparams, self._hparam_metrics = dict(extra), list(metrics)
+
+    @rank_zero_only
+    def log_hyperparams(self, params, metrics=None, step=None) -> None:
+        if metrics is not None or not self._hparam_metrics:
+            return super().log_hyperparams(params, metrics, step)
+        params = {**_convert_params(params), **self._extra_hparams}
+        super().log_hyperparams(params)  # hparams.yaml; without metrics, nothing goes into the events yet
+        # The HPARAMS tab's record, naming the metric tags without logging a placeholder value for them (Lightning
+        # would log the values given here as scalars at step 0, and again on every resume).
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = self._sanitize_params(_flatten_dict(params))
+        writer = self.experiment._get_file_writer()
+        for summary in hparams(flat, dict.fromkeys(self._hparam_metrics, 0.0)):
+            writer.add_summary(summary)
 
 
 # ---------------------------------------------------------------------------------------------- random state

@@ -4,9 +4,9 @@
 ``ReferenceRelationalMemory`` the plain, literal RMC step that the tests and benchmarks compare against.
 """
 
-from .base import RecurrentCore
+from .base import CoreTrace, RecurrentCore
 from .lstm import LSTMCore
 from .reference import ReferenceRelationalMemory
 from .rmc import RelationalMemory
 
-__all__ = ["LSTMCore", "RecurrentCore", "ReferenceRelationalMemory", "RelationalMemory"]
+__all__ = ["CoreTrace", "LSTMCore", "RecurrentCore", "ReferenceRelationalMemory", "RelationalMemory"]

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RecurrentCore"]
+__all__ = ["CoreTrace", "RecurrentCore"]
+
+
+@dataclass
+class CoreTrace:
+    """What a core did over a sequence, for inspection (``RecurrentCore.trace``); every tensor detached, float32.
+
+    Attributes:
+        outputs: ``[B, T, output_size]``, as ``forward`` gives them.
+        mask: ``[B, T]``, True at real (not padded) steps.
+        attention: The RMC's attention weights ``[B, T, blocks, H, N, N+n]`` (the memory rows as queries, over the
+            memory rows then the input rows), or None for a core without attention.
+        gates: Gate activations by name (``"input"``, ``"forget"``, and the LSTM's ``"output"``), each
+            ``[B, T, ...]``; empty for a core without gates.
+    """
+
+    outputs: Tensor
+    mask: Tensor
+    attention: Tensor | None = None
+    gates: dict[str, Tensor] = field(default_factory=dict)
 
 
 class RecurrentCore(nn.Module):
@@ -37,6 +57,17 @@ class RecurrentCore(nn.Module):
 
     def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         raise NotImplementedError
+
+    @torch.no_grad()
+    def trace(self, xs: Tensor, state: Any = None, lengths: Tensor | None = None) -> CoreTrace:
+        """Run over ``xs`` like ``forward`` and also return what the core computed inside (attention weights,
+        gates) as a ``CoreTrace``; no gradients. This base version has the outputs only: cores override it."""
+        outputs, _ = self(xs, state, lengths=lengths)
+        B, T = outputs.shape[:2]
+        mask = torch.ones(B, T, dtype=torch.bool, device=outputs.device)
+        if lengths is not None:
+            mask = self._length_mask(lengths, B, T, outputs.device)
+        return CoreTrace(outputs.float(), mask)
 
     # Input checks shared by the cores: ValueErrors that say the expected and the actual shape.
     def _check_inputs(self, where: str, x: Tensor, leading: int) -> None:

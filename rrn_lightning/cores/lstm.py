@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..common import ConfigurationError, check_positive_ints
-from .base import RecurrentCore
+from .base import CoreTrace, RecurrentCore
 
 __all__ = ["LSTMCore"]
 
@@ -137,6 +137,48 @@ class LSTMCore(RecurrentCore):
         outs, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # [B, T, H], zeros when padded
         return outs, state
 
+
+    @torch.no_grad()
+    def trace(self, xs: Tensor, state: LSTMState | None = None, lengths: Tensor | None = None) -> CoreTrace:
+        """``forward`` with every step's gates (``CoreTrace.gates``: ``"input"``, ``"forget"``, ``"output"``, each
+        ``[B, T, num_layers, hidden_size]``), recomputed in float32 from ``nn.LSTM``'s weights one layer and step at
+        a time (``nn.LSTM`` does not expose its gates); for inspection, not for training. Dropout between layers
+        is not applied (call it in eval mode, as validation does)."""
+        xs = self._flatten_rows("trace", xs, leading=2)
+        B, T = xs.shape[:2]
+        if state is None:
+            state = self.initial_state(B, device=xs.device, dtype=torch.float32)
+        self._check_state("trace", state, B)
+        mask = torch.ones(B, T, dtype=torch.bool, device=xs.device)
+        if lengths is not None:
+            mask = self._length_mask(lengths, B, T, xs.device)
+        layer_input = xs.float()
+        gates: dict[str, list[Tensor]] = {"input": [], "forget": [], "output": []}
+        for layer in range(self.num_layers):
+            weight_ih = getattr(self.lstm, f"weight_ih_l{layer}").float()
+            weight_hh = getattr(self.lstm, f"weight_hh_l{layer}").float()
+            bias = (getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")).float()
+            h, c = state[0][layer].float(), state[1][layer].float()
+            projected = layer_input @ weight_ih.T + bias  # [B, T, 4H]: the input's part of every step's gates
+            outputs, steps = [], {name: [] for name in gates}
+            for t in range(T):
+                i, f, g, o = (projected[:, t] + h @ weight_hh.T).chunk(4, dim=-1)  # nn.LSTM's gate order
+                i, f, o = i.sigmoid(), f.sigmoid(), o.sigmoid()
+                new_c = f * c + i * g.tanh()
+                new_h = o * new_c.tanh()
+                keep = mask[:, t, None]
+                c, h = torch.where(keep, new_c, c), torch.where(keep, new_h, h)
+                outputs.append(torch.where(keep, new_h, 0.0))
+                for name, value in zip(steps, (i, f, o), strict=True):
+                    steps[name].append(value)
+            layer_input = torch.stack(outputs, dim=1)  # [B, T, H]
+            for name in gates:
+                gates[name].append(torch.stack(steps[name], dim=1))  # [B, T, H]
+        return CoreTrace(
+            outputs=layer_input,
+            mask=mask,
+            gates={name: torch.stack(layers, dim=2) for name, layers in gates.items()},  # [B, T, L, H]
+        )
 
 _ONEDNN_LSTM: dict[torch.dtype, bool] = {}
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..common import ConfigurationError, check_positive_ints
-from .base import RecurrentCore
+from .base import CoreTrace, RecurrentCore
 from .compiling import CompiledFunction, CompileMode, check_compile_mode, resolve_mode
 
 __all__ = [
@@ -335,12 +335,21 @@ class RelationalMemory(RecurrentCore):
         qkv_in = _norm(F.linear(rows, *first.qkv), first.qkv_norm, shape.eps[0][0], dtype)
         return rows.to(dtype), gate_in, qkv_in
 
-    def _run(self, xs: Tensor, memory: Tensor, mask: Tensor | None, return_attention: bool, leading: int):
-        """The time loop over ``xs`` ([B, T, ...] when ``leading`` is 2, one step [B, ...] when 1)."""
+    def _run(
+        self,
+        xs: Tensor,
+        memory: Tensor,
+        mask: Tensor | None,
+        return_attention: bool,
+        leading: int,
+        eager: bool = False,
+    ):
+        """The time loop over ``xs`` ([B, T, ...] when ``leading`` is 2, one step [B, ...] when 1); ``eager`` runs
+        the step uncompiled whatever ``compile_step`` says."""
         device = memory.device
         compute, stats = self._dtypes(device)
         shape = self._shape(compute, stats)
-        mode = resolve_mode(self.compile_step, device)
+        mode = None if eager else resolve_mode(self.compile_step, device)
         weights, inputs = self._weights(compute, stats)
         trains = torch.is_grad_enabled() and weights.blocks[0].qkv[0].requires_grad
         if mode is not None and trains and not memory.requires_grad and not memory.is_inference():
@@ -425,6 +434,36 @@ class RelationalMemory(RecurrentCore):
         if return_attention:
             return outputs, memory, torch.stack(attentions, dim=1)  # [B, T, blocks, H, N, N+n]
         return outputs, memory
+
+    @torch.no_grad()
+    def trace(self, xs: Tensor, state: Tensor | None = None, lengths: Tensor | None = None) -> CoreTrace:
+        """``forward`` one step at a time, keeping every step's attention weights and gates (``CoreTrace``): for
+        looking inside the memory (TensorBoard's attention maps and gate histograms), not for training."""
+        self._check_inputs("trace", xs, leading=2)
+        B, T = xs.shape[:2]
+        if state is None:
+            state = self.initial_state(B, device=xs.device, dtype=self.input_projection.weight.dtype)
+        self._check_state("trace", state, B)
+        mask = torch.ones(B, T, dtype=torch.bool, device=xs.device)
+        if lengths is not None:
+            mask = self._length_mask(lengths, B, T, xs.device)
+        outputs, attentions, gates = [], [], {"input": [], "forget": []}
+        for t in range(T):
+            # Eagerly: a compiled step would compile a graph of its own for this rare call.
+            (output,), new, (attention,) = self._run(xs[:, t], state, None, True, leading=1, eager=True)
+            keep = mask[:, t, None, None]
+            state = torch.where(keep, new, state)  # a padded step keeps the state, as forward does
+            outputs.append(output.masked_fill(~mask[:, t, None], 0.0))
+            attentions.append(attention)
+            if self.last_gates is not None:
+                gates["input"].append(self.last_gates[0])
+                gates["forget"].append(self.last_gates[1])
+        return CoreTrace(
+            outputs=torch.stack(outputs, dim=1).float(),
+            mask=mask,
+            attention=torch.stack(attentions, dim=1).float(),
+            gates={name: torch.stack(steps, dim=1).float() for name, steps in gates.items() if steps},
+        )
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import inspect
 import warnings
 from collections.abc import Sequence
 from os import PathLike
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from lightning.fabric.utilities.cloud_io import _load as pl_load
@@ -43,9 +43,17 @@ from ..common import ConfigurationError, check_positive_ints
 from ..cores import RecurrentCore
 from ..cores.compiling import CompileMode, check_compile_mode
 
-__all__ = ["Stage", "TaskModule", "mlp", "resolve_factory"]
+__all__ = ["Probe", "Stage", "TaskModule", "mlp", "resolve_factory"]
 
 Stage = Literal["train", "val", "test"]
+
+
+class Probe(NamedTuple):
+    """What the core reads for a batch and what the model answers (``TaskModule.probe``), for inspection."""
+
+    inputs: Tensor  # [B, T, ...]: the core's input sequence (an LM's embedded tokens)
+    lengths: Tensor | None  # [B] real steps, or None when all T are real
+    predictions: Tensor  # [B] class ids, [B, T_out] output ids or [B, T] next-token ids
 
 
 def mlp(in_features: int, hidden_sizes: Sequence[int], out_features: int) -> nn.Sequential:
@@ -83,6 +91,11 @@ class TaskModule(LightningModule):
 
     one_row_core: bool = False
     """Whether the task feeds its core one input row per step (a token, a character), so ``input_rows`` must be 1."""
+
+    primary_metric: tuple[str, str] = ("loss", "min")
+    """The validation metric that says how good a run is, and whether higher (``"max"``) or lower is better: what
+    ``rrn_lightning.insight.Insight`` reports as best and final in TensorBoard's HPARAMS tab when the checkpoint
+    callback monitors nothing."""
 
     def __init__(
         self,
@@ -212,6 +225,16 @@ class TaskModule(LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.shared_step(batch, "test", batch_idx)
+
+    # -------------------------------------------------------------- inspection (rrn_lightning.insight)
+    def probe(self, batch: Any) -> Probe:
+        """The core's input sequence for an evaluation ``batch`` and the model's predictions for it; called by
+        ``Insight`` in eval mode without gradients."""
+        raise NotImplementedError
+
+    def batch_counts(self, batch: Any) -> tuple[str, int]:
+        """What one training batch holds, for throughput: ``("examples", B)``, or ``("tokens", n)``."""
+        raise NotImplementedError
 
     # -------------------------------------------------------------- metrics
     def training_metrics(self) -> list[Metric]:

@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..common import ClassificationBatch, check_positive_ints
 from ..cores import RecurrentCore
 from ..cores.compiling import CompileMode
-from .base import Stage, TaskModule, mlp
+from .base import Probe, Stage, TaskModule, mlp
 
 __all__ = ["SequenceClassifier"]
 
@@ -74,8 +74,17 @@ class SequenceClassifier(TaskModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.persist_training_metrics()
 
+    primary_metric = ("acc", "max")
+
     def training_metrics(self) -> list[Metric]:
         return [self.train_loss, self.train_acc]
+
+    def probe(self, batch: ClassificationBatch | tuple[Tensor, ...]) -> Probe:
+        inputs, _, lengths = unpack_batch(batch)
+        return Probe(inputs, lengths, self(inputs, lengths).argmax(-1))
+
+    def batch_counts(self, batch: ClassificationBatch | tuple[Tensor, ...]) -> tuple[str, int]:
+        return "examples", unpack_batch(batch)[0].shape[0]
 
     def forward(self, inputs: Tensor, lengths: Tensor | None = None) -> Tensor:
         """inputs ``[B, T, ...]`` -> logits ``[B, num_classes]``."""

@@ -16,7 +16,7 @@ from torchmetrics import Metric
 from ..common import EOS_ID, IGNORE_INDEX, ConfigurationError, LanguageModelBatch, check_positive_ints
 from ..cores import RecurrentCore
 from ..cores.compiling import CompileMode
-from .base import Stage, TaskModule
+from .base import Probe, Stage, TaskModule
 
 __all__ = ["LanguageModel", "TokenNLL"]
 
@@ -250,8 +250,19 @@ class LanguageModel(TaskModule):
                 self.log_metric(stage, kind, metric)
         return loss
 
+    primary_metric = ("ppl", "min")
+
     def training_metrics(self) -> list[Metric]:
         return [self.train_loss]
+
+    def probe(self, batch: LanguageModelBatch) -> Probe:
+        """The embedded window (from a fresh state) and the most likely next word at each position."""
+        tokens = batch[0]
+        hidden, _ = self(tokens)
+        return Probe(self.dropout(self.embedding(tokens)), None, self.log_probs(hidden).argmax(-1))
+
+    def batch_counts(self, batch: LanguageModelBatch) -> tuple[str, int]:
+        return "tokens", batch[1].numel()  # padding (the stream's last window only) counted: no device sync
 
     # -------------------------------------------------------------- the vocabulary
     # The vocabulary comes in as an argument (linked by the CLI from the data module), not read from

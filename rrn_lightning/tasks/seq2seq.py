@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric, Metric
 from ..common import IGNORE_INDEX, ConfigurationError, Seq2SeqBatch, check_positive_ints
 from ..cores import RecurrentCore
 from ..cores.compiling import CompileMode
-from .base import Stage, TaskModule, mlp
+from .base import Probe, Stage, TaskModule, mlp
 
 __all__ = ["Seq2Seq", "SequenceAccuracy"]
 
@@ -115,8 +115,18 @@ class Seq2Seq(TaskModule):
         self.train_loss = MeanMetric(nan_strategy="ignore")
         self.persist_training_metrics()
 
+    primary_metric = ("seq_acc", "max")
+
     def training_metrics(self) -> list[Metric]:
         return [self.train_loss, self.metrics["train_char"], self.metrics["train_seq"]]
+
+    def probe(self, batch: Seq2SeqBatch) -> Probe:
+        """The encoder's inputs (what the attention maps show) and the decoded outputs."""
+        inputs, input_lengths, targets, _ = batch
+        return Probe(inputs, input_lengths, self(inputs, input_lengths, targets.shape[1]).argmax(-1))
+
+    def batch_counts(self, batch: Seq2SeqBatch) -> tuple[str, int]:
+        return "examples", batch[0].shape[0]
 
     @property
     def decoder(self) -> RecurrentCore:

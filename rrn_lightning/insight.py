@@ -1,0 +1,434 @@
+"""See inside a run in TensorBoard: curves beyond the loss, the memory's attention, the gates, text samples.
+
+``Insight`` is a callback that ``rrn fit`` adds to every run (the ``insight:`` section of a config; each part can
+be switched off there, e.g. ``--insight.attention=false``). It writes, beside the task's own ``train/``, ``val/``
+and ``test/`` scalars:
+
+- ``train/grad_norm`` (the total L2 norm of the gradients before clipping, unscaled under fp16) and
+  ``train/examples_per_s`` or ``train/tokens_per_s`` (wall-clock, over the last ``log_every_n_steps`` batches);
+- ``hp/best_val_<metric>`` and ``hp/final_val_<metric>`` for the monitored metric (the checkpoint's ``monitor``, or
+  the task's ``primary_metric``), which TensorBoard's HPARAMS tab shows beside the run's hyperparameters;
+- at every ``every_n_validations``-th validation, for a fixed validation example (example ``example`` of the first
+  validation batch): ``attention/example``, an image of the RMC's attention weights (one cell per block and head
+  and chosen time step, the memory slots as rows over the slots and the input as columns, labelled, with the
+  example in words under the grid: the vectors of Nth farthest, a program of Learning to Execute, the words of a
+  language model); ``gates/<name>`` histograms of the input and forget gates (and the LSTM's output gate) over the
+  first ``probe_examples`` validation examples, with their means as ``gates/<name>_mean`` scalars;
+  ``samples/continuation`` (a language model's continuation of the example's first words, sampled with a fixed
+  seed) or ``samples/examples`` (a few examples with their target and the model's output).
+
+The images are drawn from tensors (the colours) with Pillow's ``ImageDraw`` for the labels (Pillow is already
+needed: TensorBoard's image summaries are PNGs that torch's writer encodes with it). The size of an attention image
+is ``AttentionLayout.size``. Only rank 0 draws and writes; the probes run eagerly (a compiled step would compile a
+graph of its own for them) in eval mode without gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from .common import ConfigurationError, DescribesExamples, check_positive_ints
+from .cores import CoreTrace
+from .tasks import TaskModule
+
+__all__ = ["AttentionLayout", "Insight", "attention_image", "colorize"]
+
+# ---------------------------------------------------------------------------------------------- drawing
+# A perceptually ordered map from 0 (dark blue) to 1 (yellow), our own anchors, linearly interpolated.
+_COLORS = torch.tensor(
+    [[0.05, 0.03, 0.24], [0.16, 0.24, 0.55], [0.12, 0.55, 0.55], [0.43, 0.78, 0.35], [0.98, 0.90, 0.16]]
+)
+FONT_SIZE = 11
+LINE = 14  # pixels per line of text
+GAP = 10  # pixels between cells
+LEFT = 64  # row labels ("block 1 head 2") and the slot numbers
+TOP = 2 * LINE + 4  # the title, then the column headers (time step and what is read there)
+TICKS = LINE  # the key labels under the last row of cells
+RIGHT = 44  # the colour bar and its labels
+MAX_CAPTION_WIDTH = 1400
+
+
+def colorize(values: Tensor) -> Tensor:
+    """Values in [0, 1] ``[...]`` -> RGB ``[..., 3]`` uint8 through the module's colour map."""
+    x = values.float().clamp(0, 1) * (len(_COLORS) - 1)
+    low = x.floor().long().clamp(max=len(_COLORS) - 2)
+    frac = (x - low)[..., None]
+    rgb = _COLORS[low] * (1 - frac) + _COLORS[low + 1] * frac
+    return (rgb * 255).round().to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """The geometry of an attention image: ``rows`` cells down (blocks x heads), ``columns`` across (time steps),
+    each cell ``slots`` x ``keys`` entries of ``scale`` pixels, and ``caption_lines`` lines of text below."""
+
+    rows: int
+    columns: int
+    slots: int
+    keys: int
+    caption_lines: int
+    caption_width: int = 0  # the widest caption line, in pixels
+
+    @property
+    def scale(self) -> int:
+        """Pixels per attention weight: cells about 96 pixels across, 6 to 20 pixels per entry."""
+        return max(6, min(20, 96 // max(self.slots, self.keys)))
+
+    @property
+    def grid_width(self) -> int:
+        return LEFT + self.columns * (self.keys * self.scale + GAP) + RIGHT
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` in pixels: the grid, or the caption if wider (up to ``MAX_CAPTION_WIDTH``)."""
+        width = max(self.grid_width, min(self.caption_width + 2 * GAP, MAX_CAPTION_WIDTH))
+        height = TOP + self.rows * (self.slots * self.scale + GAP) + TICKS + GAP + self.caption_lines * LINE + GAP
+        return width, height
+
+
+def _font():
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except (TypeError, OSError):  # Pillow without FreeType: its fixed bitmap font
+        return ImageFont.load_default()
+
+
+def attention_image(
+    attention: Tensor, steps: list[int], step_labels: list[str], caption: list[str], title: str = ""
+) -> Tensor:
+    """One example's attention weights ``[T, blocks, H, N, N+n]`` at the time steps ``steps`` -> an RGB image
+    ``[height, width, 3]`` uint8 (``AttentionLayout.size``): a grid of cells, one per block and head (rows) and
+    step (columns). A cell's rows are the memory slots as queries (0..N-1), its columns the keys: the slots, then
+    the input rows (``x``). Weights map to colours on a fixed 0..1 scale (the bar on the right); each row of a
+    cell sums to 1. ``step_labels[t]`` (what the core read at step t) heads each column; ``caption`` goes below."""
+    from PIL import Image, ImageDraw
+
+    T, blocks, heads, N, K = attention.shape
+    font = _font()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    caption_width = max((int(measure.textlength(line, font=font)) for line in caption), default=0)
+    layout = AttentionLayout(blocks * heads, len(steps), N, K, len(caption), caption_width)
+    width, height = layout.size
+    s = layout.scale
+    canvas = torch.full((height, width, 3), 255, dtype=torch.uint8)
+    cell_w, cell_h = K * s + GAP, N * s + GAP
+    for column, t in enumerate(steps):
+        for row in range(blocks * heads):
+            weights = attention[t, row // heads, row % heads]  # [N, K]
+            pixels = colorize(weights).repeat_interleave(s, 0).repeat_interleave(s, 1)  # [N*s, K*s, 3]
+            y, x = TOP + row * cell_h, LEFT + column * cell_w
+            canvas[y : y + N * s, x : x + K * s] = pixels
+    bar_x, bar_top, bar_height = layout.grid_width - RIGHT + GAP, TOP, max(layout.rows * cell_h - GAP, LINE * 2)
+    ramp = torch.linspace(1, 0, bar_height)[:, None].expand(bar_height, 8)  # [height, 8]: 1 at the top
+    canvas[bar_top : bar_top + bar_height, bar_x : bar_x + 8] = colorize(ramp)
+
+    image = Image.fromarray(canvas.numpy())
+    draw = ImageDraw.Draw(image)
+    black, grey = (0, 0, 0), (90, 90, 90)
+    draw.text((GAP, 2), title or "attention: memory slots (rows) over slots and input x (columns)", fill=black, font=font)
+    for column, t in enumerate(steps):
+        x = LEFT + column * cell_w
+        label = f"t={t}: {step_labels[t]}" if t < len(step_labels) and step_labels[t] else f"t={t}"
+        draw.text((x, LINE + 2), _fit(draw, label, cell_w - 2, font), fill=black, font=font)
+        y = TOP + layout.rows * cell_h - GAP + 1
+        for k in range(K):  # key labels under the last row: slot numbers, then x for the input rows
+            draw.text((x + k * s + 1, y), str(k) if k < N else "x", fill=grey, font=font)
+    for row in range(blocks * heads):
+        y = TOP + row * cell_h
+        name = f"head {row % heads}" if blocks == 1 else f"b{row // heads} h{row % heads}"
+        draw.text((2, y), name, fill=black, font=font)
+        for n in range(N):  # slot numbers beside the first column
+            if s >= 9 or n in (0, N - 1):
+                draw.text((LEFT - 12, y + n * s + (s - FONT_SIZE) // 2), str(n), fill=grey, font=font)
+    draw.text((bar_x + 10, bar_top - 2), "1", fill=grey, font=font)
+    draw.text((bar_x + 10, bar_top + bar_height - LINE + 2), "0", fill=grey, font=font)
+    y = TOP + layout.rows * cell_h + TICKS + GAP // 2
+    for line in caption:
+        draw.text((GAP, y), _fit(draw, line, width - 2 * GAP, font), fill=black, font=font)
+        y += LINE
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
+
+
+def _fit(draw, text: str, width: int, font) -> str:
+    """``text``, cut with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def chosen_steps(length: int, count: int) -> list[int]:
+    """``count`` time steps spread evenly over ``0..length-1``, the last one included."""
+    if length <= count:
+        return list(range(length))
+    return sorted({round(i * (length - 1) / (count - 1)) for i in range(count)}) if count > 1 else [length - 1]
+
+
+@contextmanager
+def eager_cores(module: torch.nn.Module) -> Iterator[None]:
+    """Every core's ``compile_step`` off for the duration: a probe would compile graphs of its own."""
+    saved = [(m, m.compile_step) for m in module.modules() if hasattr(type(m), "compile_step")]
+    for m, _ in saved:
+        m.compile_step = False
+    try:
+        yield
+    finally:
+        for m, value in saved:
+            m.compile_step = value
+
+
+# ---------------------------------------------------------------------------------------------- the callback
+class Insight(Callback):
+    """What ``rrn fit`` writes to TensorBoard beyond the task's own scalars (see the module docstring).
+
+    Args:
+        grad_norm: Log ``train/grad_norm``, the gradients' total L2 norm before clipping.
+        throughput: Log ``train/examples_per_s`` (``train/tokens_per_s`` for language models).
+        hparams: Fill TensorBoard's HPARAMS tab: the run's hyperparameters, its parameter count and core, and the
+            best and final value of the monitored validation metric (``hp/best_val_*``, ``hp/final_val_*``).
+        attention: Log the attention image of a fixed validation example (cores with attention: the RMC).
+        attention_steps: How many time steps the attention image shows (spread over the example, the last one
+            included).
+        gates: Log gate histograms and means (the RMC's input and forget gates, the LSTM's input, forget and output
+            gates) over the first ``probe_examples`` validation examples.
+        text: Log text: a language model's continuation of a fixed prompt, or a few examples with the model's
+            output.
+        text_examples: How many examples the text shows.
+        continuation_words: How many words a language model's continuation has.
+        every_n_validations: Draw images, histograms and text at every n-th validation (the scalars always).
+        example: Which example of the first validation batch the images and the prompt come from.
+        probe_examples: How many validation examples (of the first batch) the gate histograms read.
+    """
+
+    def __init__(
+        self,
+        grad_norm: bool = True,
+        throughput: bool = True,
+        hparams: bool = True,
+        attention: bool = True,
+        attention_steps: int = 4,
+        gates: bool = True,
+        text: bool = True,
+        text_examples: int = 3,
+        continuation_words: int = 20,
+        every_n_validations: int = 1,
+        example: int = 0,
+        probe_examples: int = 32,
+    ) -> None:
+        super().__init__()
+        check_positive_ints(
+            "Insight",
+            attention_steps=attention_steps,
+            text_examples=text_examples,
+            continuation_words=continuation_words,
+            every_n_validations=every_n_validations,
+            probe_examples=probe_examples,
+        )
+        if isinstance(example, bool) or not isinstance(example, int) or example < 0:
+            raise ConfigurationError(f"Insight: example must be an integer >= 0, got example={example!r}.")
+        self.grad_norm, self.throughput, self.hparams = grad_norm, throughput, hparams
+        self.attention, self.attention_steps, self.gates = attention, attention_steps, gates
+        self.text, self.text_examples, self.continuation_words = text, text_examples, continuation_words
+        self.every_n_validations, self.example, self.probe_examples = every_n_validations, example, probe_examples
+        self.best: float | None = None  # of the monitored metric; saved in checkpoints
+        self._validations = 0
+        self._probe_batch: Any = None
+        self._window: deque[tuple[float, int]] = deque()
+        self._unit = "examples"
+
+    # ------------------------------------------------------------------ what is watched
+    def monitored(self, trainer: Trainer, pl_module: LightningModule) -> tuple[str, str]:
+        """``(tag, mode)`` of the metric reported as best and final: the checkpoint's ``monitor``, else the task's."""
+        callback = trainer.checkpoint_callback
+        monitor = getattr(callback, "monitor", None)
+        if monitor:
+            return monitor, getattr(callback, "mode", "min")
+        name, mode = getattr(pl_module, "primary_metric", ("loss", "min"))
+        return f"val/{name}", mode
+
+    @staticmethod
+    def _writer(trainer: Trainer):
+        """The TensorBoard ``SummaryWriter`` on rank 0 of a run that logs to TensorBoard, else None."""
+        logger = trainer.logger
+        if not trainer.is_global_zero or not isinstance(logger, TensorBoardLogger):
+            return None
+        return logger.experiment
+
+    # ------------------------------------------------------------------ hparams
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        logger = trainer.logger
+        if stage != "fit" or not self.hparams or not hasattr(logger, "declare_hparams"):
+            return
+        tag, _ = self.monitored(trainer, pl_module)
+        metric = tag.removeprefix("val/").replace("/", "_")
+        core = getattr(pl_module, "core", None)
+        logger.declare_hparams(
+            extra={
+                "parameters": sum(p.numel() for p in pl_module.parameters()),
+                "core": type(core).__name__ if core is not None else "",
+                "monitor": tag,
+            },
+            metrics=[f"hp/best_val_{metric}", f"hp/final_val_{metric}", "val/loss"],
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "validations": self._validations}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict.get("best")
+        self._validations = state_dict.get("validations", 0)
+
+    # ------------------------------------------------------------------ training curves
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
+        # Only at the steps whose values reach the logger (Lightning writes step values every log_every_n_steps).
+        if not self.grad_norm or trainer.log_every_n_steps < 1:
+            return
+        if (trainer.global_step + 1) % trainer.log_every_n_steps != 0:
+            return
+        norms = [p.grad.detach().norm(2).float() for p in pl_module.parameters() if p.grad is not None]
+        if norms:
+            total = torch.linalg.vector_norm(torch.stack(norms))
+            pl_module.log("train/grad_norm", total, on_step=True, on_epoch=False)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.throughput and not self._window:
+            self._window.append((time.perf_counter(), 0))
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        if not self.throughput or not isinstance(pl_module, TaskModule) or not self._window:
+            return
+        self._unit, count = pl_module.batch_counts(batch)
+        self._window.append((time.perf_counter(), count))
+        while len(self._window) > max(trainer.log_every_n_steps, 1) + 1:
+            self._window.popleft()
+        seconds = self._window[-1][0] - self._window[0][0]
+        counted = sum(c for _, c in list(self._window)[1:])
+        if seconds > 0:
+            pl_module.log(f"train/{self._unit}_per_s", counted / seconds, on_step=True, on_epoch=False)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._window.clear()  # the time spent validating is not training throughput
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking and trainer.is_global_zero:
+            self._probe_batch = _first_rows(batch, self.probe_examples)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        writer = self._writer(trainer)
+        if writer is None:
+            return
+        # The step Lightning logs this validation's metrics at: the batches stepped before the one that triggered
+        # it (one less than global_step), so that images and curves line up.
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        if self.hparams:
+            self._log_best(trainer, pl_module, writer, step)
+        self._validations += 1
+        batch, self._probe_batch = self._probe_batch, None
+        due = (self._validations - 1) % self.every_n_validations == 0
+        if batch is None or not due or not isinstance(pl_module, TaskModule):
+            return
+        if not (self.attention or self.gates or self.text):
+            return
+        with torch.no_grad(), eager_cores(pl_module):
+            self._log_probe(trainer, pl_module, writer, batch, step)
+
+    def _log_best(self, trainer: Trainer, pl_module: LightningModule, writer, step: int) -> None:
+        tag, mode = self.monitored(trainer, pl_module)
+        value = trainer.callback_metrics.get(tag)
+        if value is None:
+            return
+        value = float(value)
+        if math.isfinite(value) and (self.best is None or (value > self.best if mode == "max" else value < self.best)):
+            self.best = value
+        metric = tag.removeprefix("val/").replace("/", "_")
+        if self.best is not None:
+            writer.add_scalar(f"hp/best_val_{metric}", self.best, step)
+        writer.add_scalar(f"hp/final_val_{metric}", value, step)
+
+    def _log_probe(self, trainer: Trainer, pl_module: TaskModule, writer, batch: Any, step: int) -> None:
+        probe = pl_module.probe(batch)
+        data = trainer.datamodule if isinstance(trainer.datamodule, DescribesExamples) else None
+        index = min(self.example, probe.inputs.shape[0] - 1)
+        described = (
+            data.describe_example(batch, index, probe.predictions[index]) if data is not None else None
+        )
+        length = int(probe.lengths[index]) if probe.lengths is not None else probe.inputs.shape[1]
+        if self.attention:
+            trace = pl_module.core.trace(probe.inputs[index : index + 1, :length])
+            if trace.attention is not None:
+                labels = described.steps if described is not None else [""] * length
+                caption = described.lines if described is not None else []
+                image = attention_image(
+                    trace.attention[0].cpu(),
+                    chosen_steps(length, self.attention_steps),
+                    labels,
+                    caption,
+                    title=f"step {step}: the memory's attention for validation example {index}",
+                )
+                writer.add_image("attention/example", image, step, dataformats="HWC")
+        if self.gates:
+            self._log_gates(pl_module.core.trace(probe.inputs, lengths=probe.lengths), writer, step)
+        if self.text:
+            text = self._text(pl_module, data, batch, probe, index)
+            if text:
+                tag = "samples/continuation" if hasattr(pl_module, "generate") else "samples/examples"
+                writer.add_text(tag, text, step)
+
+    @staticmethod
+    def _log_gates(trace: CoreTrace, writer, step: int) -> None:
+        edges = torch.linspace(0, 1, 41).numpy()  # fixed bins over a gate's range: histograms comparable over time
+        for name, values in trace.gates.items():
+            real = values[trace.mask].flatten().cpu()  # the gates at real (not padded) steps
+            if real.numel() == 0:
+                continue
+            writer.add_histogram(f"gates/{name}", real, step, bins=edges)
+            writer.add_scalar(f"gates/{name}_mean", float(real.mean()), step)
+
+    def _text(self, pl_module: TaskModule, data: DescribesExamples | None, batch: Any, probe, index: int) -> str:
+        """Markdown: a language model's continuation, or the first examples with target and output."""
+        if hasattr(pl_module, "generate") and getattr(pl_module, "vocab_words", None):
+            words = pl_module.vocab_words
+            prompt = batch[0][index, : min(10, batch[0].shape[1])].tolist()
+            generator = torch.Generator().manual_seed(0)
+            sampled = pl_module.generate(prompt, self.continuation_words, generator=generator)
+            return (
+                f"**prompt** {' '.join(words[i] for i in prompt)}\n\n"
+                f"**continuation** (sampled, seed 0) {' '.join(words[i] for i in sampled)}"
+            )
+        if data is None:
+            return ""
+        shown = []
+        for i in range(min(self.text_examples, probe.inputs.shape[0])):
+            lines = data.describe_example(batch, i, probe.predictions[i]).lines
+            shown.append("\n".join("    " + line for line in lines))  # a Markdown code block each
+        return "\n\n".join(shown)
+
+
+def _first_rows(batch: Any, count: int) -> Any:
+    """The first ``count`` examples of a batch (a tensor or a tuple / named tuple of tensors), detached."""
+    if isinstance(batch, Tensor):
+        return batch[:count].detach()
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_first_rows(b, count) for b in batch))
+    if isinstance(batch, tuple | list):
+        return type(batch)(_first_rows(b, count) for b in batch)
+    return batch
