@@ -11,8 +11,9 @@ rate (a ``LearningRateMonitor``, unless the config names one or turns the logger
 ``--ckpt_path`` (``last``: the latest run's ``last.ckpt``) brings its run folder along: ``fit`` continues there, the
 other subcommands log and write there. See ``runs.py`` for what checkpoints hold and when they are written.
 
-``rrn generate`` (``generate.py``) samples text from a language model's checkpoint; it is listed in ``rrn --help``
-with the others but runs on its own, without building a Trainer.
+``rrn generate`` (``generate.py``) samples text from a language model's checkpoint and ``rrn compare``
+(``compare.py``) tabulates and plots runs; they are listed in ``rrn --help`` with the others but run on their own,
+without building a Trainer.
 
 The optimizer and the LR scheduler are the model's arguments (``--model.init_args.optimizer``, ``optimizer:`` under
 ``model.init_args``), set one way only: LightningCLI's own top-level ``--optimizer`` / ``--lr_scheduler``, which
@@ -32,7 +33,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from . import generate
+from . import compare, generate
 from .checkpoints import check_checkpoint, upgrade_class_paths
 from .common import ConfigurationError
 from .insight import Insight
@@ -50,7 +51,8 @@ DESCRIPTION = """\
 rrn: train and evaluate relational recurrent networks (the Relational Memory Core of Santoro et al., 2018)
 and LSTM baselines. Configs for every task and core live in experiments/; start with
 `rrn fit --config experiments/nth_farthest/rmc_cpu.yaml`, and see `rrn fit --help` for every option.
-`rrn generate --checkpoint PATH --prompt "..."` samples text from a language model's checkpoint.
+`rrn generate --checkpoint PATH --prompt "..."` samples text from a language model's checkpoint;
+`rrn compare runs/ [--plot FILE.png]` tabulates runs as Markdown and plots their validation curves.
 """
 
 # LightningCLI's own optimizer options, switched off (auto_configure_optimizers=False): where each one goes instead.
@@ -99,11 +101,12 @@ class RRNCLI(LightningCLI):
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
         super()._add_subcommands(parser, **kwargs)
-        # `rrn generate` is listed beside fit / validate / test / predict (with its options, for `rrn --help`), but
-        # cli_main hands it to generate.main before LightningCLI parses anything: it needs no Trainer.
-        generate_parser = LightningArgumentParser(description=generate.DESCRIPTION)
-        generate.add_arguments(generate_parser)
-        parser._subcommands_action.add_subcommand("generate", generate_parser, help=generate.DESCRIPTION)
+        # `rrn generate` and `rrn compare` are listed beside fit / validate / test / predict (with their options, for
+        # `rrn --help`), but cli_main hands them to their main before LightningCLI parses anything: no Trainer.
+        for name, command in (("generate", generate), ("compare", compare)):
+            command_parser = LightningArgumentParser(description=command.DESCRIPTION)
+            command.add_arguments(command_parser)
+            parser._subcommands_action.add_subcommand(name, command_parser, help=command.DESCRIPTION)
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         given = sys.argv[1:] if args is None else args
@@ -285,6 +288,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> RRNCLI:
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["generate"]:
         raise SystemExit(generate.main(argv[1:]))
+    if argv[:1] == ["compare"]:
+        raise SystemExit(compare.main(argv[1:]))
     return RRNCLI(
         TaskModule,
         LightningDataModule,

@@ -114,11 +114,16 @@ def assert_identical(a: dict, b: dict) -> None:
 
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar curve of a run but the wall-clock throughput (train/examples_per_s, train/tokens_per_s), whose
+    steps must still match."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    curves = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    for tag in [t for t in curves if t.endswith("_per_s")]:
+        curves[tag] = [(step, 0.0) for step, _ in curves[tag]]
+    return curves
 
 
 def lm_args(tmp_path: Path) -> list[str]:
