@@ -315,6 +315,8 @@ class Insight(Callback):
         self._window.append((time.perf_counter(), count))
         while len(self._window) > max(trainer.log_every_n_steps, 1) + 1:
             self._window.popleft()
+        if trainer.log_every_n_steps < 1 or trainer.global_step % trainer.log_every_n_steps != 0:
+            return  # a step whose values do not reach the logger (global_step counts this batch already)
         seconds = self._window[-1][0] - self._window[0][0]
         counted = sum(c for _, c in list(self._window)[1:])
         if seconds > 0:
@@ -372,21 +374,19 @@ class Insight(Callback):
             data.describe_example(batch, index, probe.predictions[index]) if data is not None else None
         )
         length = int(probe.lengths[index]) if probe.lengths is not None else probe.inputs.shape[1]
-        if self.attention:
-            trace = pl_module.core.trace(probe.inputs[index : index + 1, :length])
-            if trace.attention is not None:
-                labels = described.steps if described is not None else [""] * length
-                caption = described.lines if described is not None else []
-                image = attention_image(
-                    trace.attention[0].cpu(),
-                    chosen_steps(length, self.attention_steps),
-                    labels,
-                    caption,
-                    title=f"step {step}: the memory's attention for validation example {index}",
-                )
-                writer.add_image("attention/example", image, step, dataformats="HWC")
+        # One trace over the probe examples serves both the gate histograms and the example's attention.
+        trace = pl_module.core.trace(probe.inputs, lengths=probe.lengths) if self.attention or self.gates else None
+        if self.attention and trace.attention is not None:
+            image = attention_image(
+                trace.attention[index, :length].cpu(),  # [T, blocks, H, N, N+n]
+                chosen_steps(length, self.attention_steps),
+                described.steps if described is not None else [""] * length,
+                described.lines if described is not None else [],
+                title=f"step {step}: the memory's attention for validation example {index}",
+            )
+            writer.add_image("attention/example", image, step, dataformats="HWC")
         if self.gates:
-            self._log_gates(pl_module.core.trace(probe.inputs, lengths=probe.lengths), writer, step)
+            self._log_gates(trace, writer, step)
         if self.text:
             text = self._text(pl_module, data, batch, probe, index)
             if text:
