@@ -8,7 +8,7 @@ event files), or any folder above run folders, which stands for every run folder
 before version_10). The table has one row per run:
 
 - run: the run folder, relative to the current directory (else as given);
-- core: the core's class (``hparams.yaml``, else the core's ``class_path`` in ``config.yaml``);
+- core: the core's class (its ``class_path`` in ``hparams.yaml``, else in ``config.yaml``);
 - parameters: trainable parameters (``hparams.yaml``), "-" where the run does not record them;
 - steps: the largest step of any scalar; wall time: the time spent training (h:mm:ss), see below;
 - best validation metric: the best value of the metric the run's checkpoints monitor (``checkpoint.monitor`` and

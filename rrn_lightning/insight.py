@@ -198,8 +198,9 @@ class Insight(Callback):
     Args:
         grad_norm: Log ``train/grad_norm``, the gradients' total L2 norm before clipping.
         throughput: Log ``train/examples_per_s`` (``train/tokens_per_s`` for language models).
-        hparams: Fill TensorBoard's HPARAMS tab: the run's hyperparameters, its parameter count and core, and the
-            best and final value of the monitored validation metric (``hp/best_val_*``, ``hp/final_val_*``).
+        hparams: Fill TensorBoard's HPARAMS tab: the run's hyperparameters (the core's among them), its parameter
+            count, and the best and final value of the monitored validation metric (``hp/best_val_*``,
+            ``hp/final_val_*``).
         attention: Log the attention image of a fixed validation example (cores with attention: the RMC).
         attention_steps: How many time steps the attention image shows (spread over the example, the last one
             included).
@@ -275,13 +276,8 @@ class Insight(Callback):
             return
         tag, _ = self.monitored(trainer, pl_module)
         metric = tag.removeprefix("val/").replace("/", "_")
-        core = getattr(pl_module, "core", None)
         logger.declare_hparams(
-            extra={
-                "parameters": sum(p.numel() for p in pl_module.parameters()),
-                "core": type(core).__name__ if core is not None else "",
-                "monitor": tag,
-            },
+            extra={"parameters": sum(p.numel() for p in pl_module.parameters()), "monitor": tag},
             metrics=[f"hp/best_val_{metric}", f"hp/final_val_{metric}", "val/loss"],
         )
 

@@ -91,7 +91,9 @@ class RunLogger(TensorBoardLogger):
     def log_hyperparams(self, params, metrics=None, step=None) -> None:
         if metrics is not None or not self._hparam_metrics:
             return super().log_hyperparams(params, metrics, step)
-        params = {**_convert_params(params), **self._extra_hparams}
+        # Lightning's own bookkeeping (_instantiator, ...) is not a hyperparameter.
+        params = {k: v for k, v in _convert_params(params).items() if not str(k).startswith("_")}
+        params.update(self._extra_hparams)
         super().log_hyperparams(params)  # hparams.yaml; without metrics, nothing goes into the events yet
         # The HPARAMS tab's record, naming the metric tags without logging a placeholder value for them (Lightning
         # would log the values given here as scalars at step 0, and again on every resume).

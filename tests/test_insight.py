@@ -99,11 +99,14 @@ def test_a_short_run_writes_curves_images_histograms_text_and_hparams(family, tm
         else:
             assert text.count("farthest from v") == 3 and text.count("answer v") == 3
 
-    # The HPARAMS tab: the run's hyperparameters with its size and core, and the hp/ metrics named.
+    # The HPARAMS tab: the run's hyperparameters with its size and core (and the core's arguments), the hp/ metrics
+    # named, and none of Lightning's own bookkeeping.
     hparams = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
     assert f"hp/best_val_{metric}".encode() in hparams["_hparams_/experiment"]
-    assert b"RelationalMemory" in hparams["_hparams_/session_start_info"]
+    session = hparams["_hparams_/session_start_info"]
+    assert b"RelationalMemory" in session and b"core/init_args/mem_slots" in session and b"parameters" in session
+    assert b"_instantiator" not in session
 
 
 def test_lstm_runs_show_its_three_gates_and_no_attention(tmp_path):
