@@ -7,8 +7,8 @@
    one does not stop the others); reported: exit status, seconds, the last validation metrics, and whether they are
    finite.
 2. Device agreement: the first precision's checkpoint of each (family, core) validated in fp32 on the CPU and on the
-   accelerator, one process each side; the metrics should agree to float rounding (reported: the largest relative
-   difference).
+   accelerator, one after the other in one fresh process; the metrics should agree to float rounding (reported:
+   the largest relative difference).
 3. DDP, with 2 or more GPUs: the RMC of each family trained with ``--trainer.devices=2 --trainer.strategy=ddp``; its
    logged validation metrics against a one-device validation of its checkpoint. Skipped, with the reason, on fewer.
 
@@ -95,21 +95,34 @@ def fit(out: Path, name: str, config: Path, overrides: list[str], timeout: int, 
     return report
 
 
-def validate(run: str, config: Path, overrides: list[str], accelerator: str, timeout: int) -> dict[str, float]:
-    """One-process fp32 validation of a run's last.ckpt on ``accelerator``, in a fresh process."""
-    code = (
-        "import json, sys; from rrn_lightning.cli import cli_main; "
-        "cli = cli_main(sys.argv[1:]); "
-        "print(json.dumps({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith('val/')}))"
-    )
-    command = [sys.executable, "-c", code, "validate", "--config", str(config), *overrides]
-    command += [f"--ckpt_path={Path(run) / 'checkpoints' / 'last.ckpt'}", f"--trainer.accelerator={accelerator}"]
-    command += ["--trainer.devices=1", "--trainer.precision=32-true", "--trainer.enable_progress_bar=false"]
-    command += [f"--trainer.default_root_dir={Path(run).parent / ('validate_' + accelerator)}"]
+# The child of validate(): one fp32 validation per accelerator named in its first argument, one JSON line each.
+VALIDATE = """
+import json, sys
+from rrn_lightning.cli import cli_main
+for accelerator in sys.argv[1].split(","):
+    cli = cli_main([*sys.argv[2:], f"--trainer.accelerator={accelerator}"])
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
+    print("METRICS", accelerator, json.dumps(metrics), flush=True)
+"""
+
+
+def validate(
+    run: str, config: Path, overrides: list[str], accelerators: list[str], timeout: int
+) -> dict[str, dict[str, float]]:
+    """fp32 validations of a run's last.ckpt on each of ``accelerators``, one device each, one after the other in
+    one fresh process (one start-up, not one per accelerator) -> ``{accelerator: {metric: value}}``."""
+    command = [sys.executable, "-c", VALIDATE, ",".join(accelerators), "validate", "--config", str(config)]
+    command += [*overrides, f"--ckpt_path={Path(run) / 'checkpoints' / 'last.ckpt'}", "--trainer.devices=1"]
+    command += ["--trainer.precision=32-true", "--trainer.enable_progress_bar=false"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    found = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("METRICS "):
+            _, accelerator, metrics = line.split(" ", 2)
+            found[accelerator] = json.loads(metrics)
+    return found
 
 
 def largest_difference(a: dict[str, float], b: dict[str, float]) -> float:
@@ -154,8 +167,8 @@ def main() -> None:
         config, overrides = config_of(family, core, args.scale), FAMILIES[family][1]
         entry = {"fit": result["fit"]}
         try:
-            cpu = validate(result["run"], config, overrides, "cpu", args.timeout)
-            device = validate(result["run"], config, overrides, args.accelerator, args.timeout)
+            both = validate(result["run"], config, overrides, ["cpu", args.accelerator], args.timeout)
+            cpu, device = both["cpu"], both[args.accelerator]
             entry.update(cpu=cpu, device=device, largest_relative_difference=largest_difference(device, cpu))
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             entry["error"] = str(error)[-1000:]
@@ -175,7 +188,8 @@ def main() -> None:
             result = fit(args.out, f"{family}_rmc_ddp", config, overrides, args.timeout, devices=2)
             if "run" in result:
                 try:
-                    one = validate(result["run"], config, FAMILIES[family][1], args.accelerator, args.timeout)
+                    one = validate(result["run"], config, FAMILIES[family][1], [args.accelerator], args.timeout)
+                    one = one[args.accelerator]
                     result.update(one_device=one, largest_relative_difference=largest_difference(result["val"], one))
                 except (RuntimeError, subprocess.TimeoutExpired) as error:
                     result["error"] = str(error)[-1000:]

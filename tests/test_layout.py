@@ -55,11 +55,11 @@ def test_lightning_cli_optimizer_options_are_refused_with_where_they_go(option, 
     assert f"--model.init_args.{name}" in message and "is not an option" in message
 
 
-def test_help_lists_generate_and_core_help_needs_no_config(capsys):
+def test_help_lists_generate_compare_and_core_help_needs_no_config(capsys):
     with pytest.raises(SystemExit):
         cli_main(["--help"])
     listed = re.findall(r"^    (\w+) ", capsys.readouterr().out, flags=re.M)
-    assert listed[-5:] == ["fit", "validate", "test", "predict", "generate"]
+    assert listed[-6:] == ["fit", "validate", "test", "predict", "generate", "compare"]
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", "--model.init_args.core.help", "rrn_lightning.RelationalMemory"])
     assert exit_info.value.code == 0

@@ -77,13 +77,32 @@ checkpoint:
 
 def rrn(*args: str) -> subprocess.CompletedProcess:
     """``rrn`` in a subprocess of its own (it may be killed), one thread, with the test callbacks importable."""
+    (result,) = rrn_together(list(args))
+    return result
+
+
+def rrn_together(*commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """Independent ``rrn`` runs at the same time (one thread each, so two share the two cores), in order."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
     }
-    command = [sys.executable, "-m", "rrn_lightning.cli", *args, *QUIET]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "rrn_lightning.cli", *args, *QUIET],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for args in commands
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
 
 
 def load(path: Path) -> dict:
@@ -141,16 +160,18 @@ def lm_args(tmp_path: Path) -> list[str]:
 def test_killed_run_resumes_bit_identical_in_its_own_folder(family, kill_at, final_step, tmp_path):
     args = {"nth_farthest": NTH, "learn_to_execute": LTE}.get(family) or lm_args(tmp_path)
     root = [f"--trainer.default_root_dir={tmp_path / 'runs'}"]
-    full = rrn("fit", *args, *root, "--run_name=full")
-    assert full.returncode == 0, full.stderr[-3000:]
-    killed = rrn(
-        "fit",
-        *args,
-        *root,
-        "--run_name=cut",
-        "--trainer.callbacks+=interrupt.KillAtStep",
-        f"--trainer.callbacks.step={kill_at}",
+    full, killed = rrn_together(
+        ["fit", *args, *root, "--run_name=full"],
+        [
+            "fit",
+            *args,
+            *root,
+            "--run_name=cut",
+            "--trainer.callbacks+=interrupt.KillAtStep",
+            f"--trainer.callbacks.step={kill_at}",
+        ],
     )
+    assert full.returncode == 0, full.stderr[-3000:]
     assert killed.returncode == -signal.SIGKILL
     last = tmp_path / "runs" / "cut" / "version_0" / "checkpoints" / "last.ckpt"
     assert 0 < load(last)["global_step"] < kill_at  # a mid-epoch checkpoint, older than the kill
@@ -168,9 +189,7 @@ def test_killed_run_resumes_bit_identical_in_its_own_folder(family, kill_at, fin
     # Best-checkpoint tracking went on across the resume, in the same folder.
     assert "dirpath has changed" not in resumed.stderr
     best = [state for key, state in load(last)["callbacks"].items() if key.startswith("RunCheckpoint")]
-    reference_best = [
-        state for key, state in reference["callbacks"].items() if key.startswith("RunCheckpoint")
-    ]
+    reference_best = [state for key, state in reference["callbacks"].items() if key.startswith("RunCheckpoint")]
     assert best[0]["best_model_score"] == reference_best[0]["best_model_score"]
     assert Path(best[0]["best_model_path"]).name == Path(reference_best[0]["best_model_path"]).name
     assert Path(best[0]["best_model_path"]).is_file()
@@ -203,13 +222,23 @@ def test_skip_mode_skips_non_finite_batches_then_stops_after_a_streak(tmp_path):
         "--nonfinite.max_consecutive=3",
         "--trainer.callbacks+=interrupt.PoisonBatches",
     ]
-    skipped = rrn(
-        "fit",
-        *NTH,
-        f"--trainer.default_root_dir={tmp_path / 'two'}",
-        *poison,
-        "--trainer.callbacks.first=5",
-        "--trainer.callbacks.last=6",
+    skipped, streak = rrn_together(
+        [
+            "fit",
+            *NTH,
+            f"--trainer.default_root_dir={tmp_path / 'two'}",
+            *poison,
+            "--trainer.callbacks.first=5",
+            "--trainer.callbacks.last=6",
+        ],
+        [
+            "fit",
+            *NTH,
+            f"--trainer.default_root_dir={tmp_path / 'many'}",
+            *poison,
+            "--trainer.callbacks.first=5",
+            "--trainer.callbacks.last=20",
+        ],
     )
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     run = tmp_path / "two" / "nth_farthest_rmc_cpu" / "version_0"
@@ -218,38 +247,26 @@ def test_skip_mode_skips_non_finite_batches_then_stops_after_a_streak(tmp_path):
     last = load(run / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 20
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
-    streak = rrn(
-        "fit",
-        *NTH,
-        f"--trainer.default_root_dir={tmp_path / 'many'}",
-        *poison,
-        "--trainer.callbacks.first=5",
-        "--trainer.callbacks.last=20",
-    )
     assert streak.returncode == 1
     assert "rrn: error: 3 non-finite training losses in a row (the last nan) at step 7" in streak.stderr
 
 
-@pytest.mark.parametrize(
-    "signal_name,status,message,final_step",
-    [
-        ("SIGTERM", 143, "rrn: stopped by SIGTERM at step 4", 4),  # stops after the batch, last.ckpt written
-        ("SIGUSR1", 0, "SIGUSR1: wrote", 20),  # writes last.ckpt after the batch and goes on
-    ],
-)
-def test_signals_write_last(signal_name, status, message, final_step, tmp_path):
-    result = rrn(
-        "fit",
-        *NTH,
-        f"--trainer.default_root_dir={tmp_path}",
-        "--checkpoint.every_n_train_steps=0",
-        "--trainer.callbacks+=interrupt.SignalAtStep",
-        "--trainer.callbacks.step=4",
-        f"--trainer.callbacks.signal_name={signal_name}",
+def test_signals_write_last(tmp_path):
+    """SIGTERM stops after the batch with last.ckpt written; SIGUSR1 writes last.ckpt after the batch and goes on.
+    (Both runs at once: they are independent.)"""
+    cases = {"SIGTERM": (143, "rrn: stopped by SIGTERM at step 4", 4), "SIGUSR1": (0, "SIGUSR1: wrote", 20)}
+    common = ["--checkpoint.every_n_train_steps=0", "--trainer.callbacks+=interrupt.SignalAtStep"]
+    results = rrn_together(
+        *[
+            ["fit", *NTH, f"--trainer.default_root_dir={tmp_path / name}", *common, "--trainer.callbacks.step=4"]
+            + [f"--trainer.callbacks.signal_name={name}"]
+            for name in cases
+        ]
     )
-    assert result.returncode == status, result.stderr[-2000:]
-    assert message in result.stderr and "at step 4" in result.stderr
-    assert load(next(tmp_path.rglob("last.ckpt")))["global_step"] == final_step
+    for (name, (status, message, final_step)), result in zip(cases.items(), results, strict=True):
+        assert result.returncode == status, (name, result.stderr[-2000:])
+        assert message in result.stderr and "at step 4" in result.stderr
+        assert load(next((tmp_path / name).rglob("last.ckpt")))["global_step"] == final_step
 
 
 # ------------------------------------------------------------------------- in-process
@@ -310,9 +327,7 @@ def test_max_time_stop_is_reported(tmp_path, capsys):
         ]
     )
     out = capsys.readouterr().out
-    assert re.search(
-        r"rrn: training stopped on max_time after \d+ s of training \(counted across resumes\)", out
-    )
+    assert re.search(r"rrn: training stopped on max_time after \d+ s of training \(counted across resumes\)", out)
     assert "of max_epochs=100000" in out
 
 
@@ -330,6 +345,4 @@ def test_a_checkpoint_without_training_metric_sums_still_loads(tmp_path):
 
     model = SequenceClassifier.load_from_checkpoint(tmp_path / "old.ckpt")
     assert all(float(model.state_dict()[key].sum()) == 0 for key in dropped)
-    cli_main(
-        ["test", *SMALL, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={tmp_path / 'old.ckpt'}"]
-    )
+    cli_main(["test", *SMALL, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={tmp_path / 'old.ckpt'}"])
