@@ -1,8 +1,9 @@
 """``TaskModule``: what our three LightningModules share, so that each task module holds only its model and loss.
 
 A task module subclasses ``TaskModule`` and writes ``__init__`` (its arguments are the configuration), ``forward``,
-``shared_step`` (one batch of any stage: its loss and metrics) and ``training_metrics``. ``TaskModule`` does the
-rest:
+``shared_step`` (one batch of any stage: its loss and metrics) and ``training_metrics``, and for what TensorBoard
+shows beyond the scalars (``rrn_lightning.insight``) ``probe``, ``batch_counts`` and ``primary_metric``.
+``TaskModule`` does the rest:
 
 - the core checks (``check_core``): a ``RecurrentCore``, reading one row per step where the task needs it;
 - hyperparameters saved so that ``load_from_checkpoint(path)`` alone rebuilds the module
