@@ -85,7 +85,7 @@ def describe_seq2seq(
     lines = ["input:  " + separator.join(steps)]
     lines.append("target: " + output_text(target))
     if prediction is not None:
-        lines.append("model:  " + output_text(prediction[:target_length].tolist()))
+        lines.append("model:  " + (output_text(prediction[:target_length].tolist()) or "(<eos> at once)"))
     return ExampleText(steps, lines)
 
 

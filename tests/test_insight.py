@@ -184,3 +184,15 @@ def test_sorting_describes_its_examples():
     assert described.lines[0] == "input:  " + " ".join(map(str, numbers))
     assert described.lines[1] == "target: " + " ".join(map(str, sorted(numbers)))
     assert described.lines[2] == described.lines[1].replace("target:", "model: ")
+
+
+def test_learn_to_execute_describes_its_programs():
+    from datamodules import LearnToExecuteDataModule
+    from datamodules.learn_to_execute import encode_batch
+
+    data = LearnToExecuteDataModule()
+    batch = encode_batch([("print((12+34))", "46")])
+    right = data.describe_example(batch, 0, torch.tensor([6, 8, 1]))  # ids of "4", "6", <eos>
+    assert right.steps == list("print((12+34))") + ["$"]  # a label per step the core reads, <eos> as $
+    assert right.lines == ["input:  print((12+34))$", "target: 46", "model:  46"]
+    assert data.describe_example(batch, 0, torch.tensor([1, 1, 1])).lines[2] == "model:  (<eos> at once)"
