@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -72,26 +74,34 @@ def last_validation(run: Path) -> dict[str, float]:
 
 def fit(out: Path, name: str, config: Path, overrides: list[str], timeout: int, devices: int = 1) -> dict:
     root = out / "runs" / name
+    shutil.rmtree(root, ignore_errors=True)  # a rerun into the same --out must not report an earlier checkpoint
     command = [RRN, "fit", "--config", str(config), f"--trainer.default_root_dir={root}", *overrides]
     command += [f"--trainer.devices={devices}", "--trainer.enable_progress_bar=false"]
     if devices > 1:
         command.append("--trainer.strategy=ddp")
     start = time.perf_counter()
+    # A session of its own, so that a timeout ends the whole group: under DDP Lightning starts the other ranks as
+    # child processes, which would otherwise outlive the parent and hold the GPUs.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        code, log = result.returncode, result.stdout + result.stderr
-    except subprocess.TimeoutExpired as error:
-        code, log = "timeout", str(error.stdout or "") + str(error.stderr or "")
-    (out / f"fit_{name}.log").write_text(log)
+        log, _ = process.communicate(timeout=timeout)
+        code: int | str = process.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        log, _ = process.communicate()
+        code = "timeout"
+    (out / f"fit_{name}.log").write_text(log or "")
     report = {"fit": name, "exit": code, "seconds": round(time.perf_counter() - start, 1)}
-    checkpoints = sorted(root.glob("*/version_*/checkpoints/last.ckpt"))
+    checkpoints = sorted(root.glob("*/version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parents[1].name[8:]))
     if checkpoints:
         run = checkpoints[-1].parents[1]
         report["run"] = str(run)
         report["val"] = last_validation(run)
         report["finite"] = bool(report["val"]) and all(math.isfinite(v) for v in report["val"].values())
     else:
-        report["last_lines"] = [line for line in log.splitlines() if line.strip()][-5:]
+        report["last_lines"] = [line for line in (log or "").splitlines() if line.strip()][-5:]
     return report
 
 
@@ -125,8 +135,9 @@ def validate(
     return found
 
 
-def largest_difference(a: dict[str, float], b: dict[str, float]) -> float:
-    return max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in a.keys() & b.keys())
+def largest_difference(a: dict[str, float], b: dict[str, float]) -> float | None:
+    """The largest relative difference over the metrics both have; None when they share none."""
+    return max((abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in a.keys() & b.keys()), default=None)
 
 
 def main() -> None:

@@ -11,8 +11,10 @@ before version_10). The table has one row per run:
 - core: the core's class (its ``class_path`` in ``hparams.yaml``, else in ``config.yaml``);
 - parameters: trainable parameters (``hparams.yaml``), "-" where the run does not record them;
 - steps: the largest step of any scalar; wall time: the time spent training (h:mm:ss), see below;
-- best validation metric: the best value of the metric the run's checkpoints monitor (``checkpoint.monitor`` and
-  ``checkpoint.mode`` in ``config.yaml``; without one, val/loss, lower is better), with its step;
+- best validation metric: the best value of the metric the run reports as best in TensorBoard (``monitor`` and
+  ``monitor_mode`` in ``hparams.yaml``, written by ``rrn_lightning.insight``: the checkpoints' monitored metric, else
+  the task's own, e.g. val/ppl for a language model), else of ``checkpoint.monitor`` / ``checkpoint.mode`` in
+  ``config.yaml``, else val/loss (lower is better); with its step;
 - test metric: the last value of that metric's ``test/`` counterpart (val/acc -> test/acc), logged by ``rrn test``.
 
 ``--plot FILE.png`` draws, with Pillow alone, each run's validation metric against step and against wall time (minutes
@@ -192,7 +194,9 @@ def read_run(path: Path, name: str | None = None) -> Run:
     config, hparams = _read_yaml(path / "config.yaml"), _read_yaml(path / "hparams.yaml")
     checkpoint = config.get("checkpoint") or {}
     metric, mode = DEFAULT_METRIC, DEFAULT_MODE
-    if isinstance(checkpoint, dict) and checkpoint.get("monitor"):
+    if hparams.get("monitor"):  # what the run's TensorBoard reports as best (rrn_lightning.insight), if recorded
+        metric, mode = str(hparams["monitor"]), "max" if hparams.get("monitor_mode") == "max" else "min"
+    elif isinstance(checkpoint, dict) and checkpoint.get("monitor"):
         metric, mode = str(checkpoint["monitor"]), "max" if checkpoint.get("mode") == "max" else "min"
     parameters = hparams.get("parameters")
     return Run(

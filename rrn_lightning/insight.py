@@ -5,7 +5,8 @@ be switched off there, e.g. ``--insight.attention=false``). It writes, beside th
 and ``test/`` scalars:
 
 - ``train/grad_norm`` (the total L2 norm of the gradients before clipping, unscaled under fp16) and
-  ``train/examples_per_s`` or ``train/tokens_per_s`` (wall-clock, over the last ``log_every_n_steps`` batches);
+  ``train/examples_per_s`` or ``train/tokens_per_s`` (wall-clock, over the last ``log_every_n_steps`` batches; under
+  DDP rank 0's own rate, one process's share);
 - ``hp/best_val_<metric>`` and ``hp/final_val_<metric>`` for the monitored metric (the checkpoint's ``monitor``, or
   the task's ``primary_metric``), which TensorBoard's HPARAMS tab shows beside the run's hyperparameters;
 - at every ``every_n_validations``-th validation, for a fixed validation example (example ``example`` of the first
@@ -211,7 +212,8 @@ class Insight(Callback):
         text_examples: How many examples the text shows.
         continuation_words: How many words a language model's continuation has.
         every_n_validations: Draw images, histograms and text at every n-th validation (the scalars always).
-        example: Which example of the first validation batch the images and the prompt come from.
+        example: Which example of the first validation batch the images and the prompt come from (its last one when
+            the batch is smaller).
         probe_examples: How many validation examples (of the first batch) the gate histograms read.
     """
 
@@ -239,8 +241,16 @@ class Insight(Callback):
             every_n_validations=every_n_validations,
             probe_examples=probe_examples,
         )
-        if isinstance(example, bool) or not isinstance(example, int) or example < 0:
-            raise ConfigurationError(f"Insight: example must be an integer >= 0, got example={example!r}.")
+        if isinstance(example, bool) or not isinstance(example, int) or not 0 <= example < probe_examples:
+            raise ConfigurationError(
+                f"Insight: example must be an integer from 0 to probe_examples - 1 = {probe_examples - 1} (an example "
+                f"of the first validation batch's first probe_examples), got example={example!r}."
+            )
+        if text_examples > probe_examples:
+            raise ConfigurationError(
+                f"Insight: text_examples ({text_examples}) must be at most probe_examples ({probe_examples}): the "
+                "text shows examples of the probe."
+            )
         self.grad_norm, self.throughput, self.hparams = grad_norm, throughput, hparams
         self.attention, self.attention_steps, self.gates = attention, attention_steps, gates
         self.text, self.text_examples, self.continuation_words = text, text_examples, continuation_words
@@ -274,10 +284,14 @@ class Insight(Callback):
         logger = trainer.logger
         if stage != "fit" or not self.hparams or not hasattr(logger, "declare_hparams"):
             return
-        tag, _ = self.monitored(trainer, pl_module)
+        tag, mode = self.monitored(trainer, pl_module)
         metric = tag.removeprefix("val/").replace("/", "_")
         logger.declare_hparams(
-            extra={"parameters": sum(p.numel() for p in pl_module.parameters()), "monitor": tag},
+            extra={
+                "parameters": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
+                "monitor": tag,
+                "monitor_mode": mode,
+            },
             metrics=[f"hp/best_val_{metric}", f"hp/final_val_{metric}", "val/loss"],
         )
 
@@ -291,11 +305,15 @@ class Insight(Callback):
     # ------------------------------------------------------------------ training curves
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         # Only at the steps whose values reach the logger (Lightning writes step values every log_every_n_steps).
-        if not self.grad_norm or trainer.log_every_n_steps < 1:
+        if not self.grad_norm or trainer.logger is None or trainer.log_every_n_steps < 1:
             return
         if (trainer.global_step + 1) % trainer.log_every_n_steps != 0:
             return
-        norms = [p.grad.detach().norm(2).float() for p in pl_module.parameters() if p.grad is not None]
+        norms = [
+            torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32)  # float32 also for bf16 weights
+            for p in pl_module.parameters()
+            if p.grad is not None
+        ]
         if norms:
             total = torch.linalg.vector_norm(torch.stack(norms))
             pl_module.log("train/grad_norm", total, on_step=True, on_epoch=False)
@@ -305,12 +323,14 @@ class Insight(Callback):
             self._window.append((time.perf_counter(), 0))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
-        if not self.throughput or not isinstance(pl_module, TaskModule) or not self._window:
+        if not self.throughput or trainer.logger is None or not isinstance(pl_module, TaskModule) or not self._window:
             return
         self._unit, count = pl_module.batch_counts(batch)
         self._window.append((time.perf_counter(), count))
         while len(self._window) > max(trainer.log_every_n_steps, 1) + 1:
             self._window.popleft()
+        if trainer.fit_loop._should_accumulate():
+            return  # no optimizer step after this batch: Lightning does not log it
         if trainer.log_every_n_steps < 1 or trainer.global_step % trainer.log_every_n_steps != 0:
             return  # a step whose values do not reach the logger (global_step counts this batch already)
         seconds = self._window[-1][0] - self._window[0][0]
@@ -322,13 +342,26 @@ class Insight(Callback):
         self._window.clear()  # the time spent validating is not training throughput
 
     # ------------------------------------------------------------------ validation
+    def _probes_due(self, trainer: Trainer) -> bool:
+        """Whether this validation draws (images, histograms, text): during fit, not the sanity check, on the rank
+        that writes, and at every ``every_n_validations``-th validation."""
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self._writer(trainer) is None:
+            return False
+        if not (self.attention or self.gates or self.text):
+            return False
+        return self._validations % self.every_n_validations == 0
+
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking and trainer.is_global_zero:
-            self._probe_batch = _first_rows(batch, self.probe_examples)
+        if batch_idx == 0 and dataloader_idx == 0 and self._probes_due(trainer):
+            self._probe_batch = _first_rows(batch, self.probe_examples)  # copies: the batch itself is let go
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # on_validation_end, not on_validation_epoch_end: by now every rank has synced the epoch's metrics (reading
+        # callback_metrics on rank 0 alone earlier would start collectives there only). Our checkpoint callback runs
+        # after this one (Lightning orders checkpoint callbacks last), so it saves the updated best.
+        batch, self._probe_batch = self._probe_batch, None
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         writer = self._writer(trainer)
@@ -340,14 +373,9 @@ class Insight(Callback):
         if self.hparams:
             self._log_best(trainer, pl_module, writer, step)
         self._validations += 1
-        batch, self._probe_batch = self._probe_batch, None
-        due = (self._validations - 1) % self.every_n_validations == 0
-        if batch is None or not due or not isinstance(pl_module, TaskModule):
-            return
-        if not (self.attention or self.gates or self.text):
-            return
-        with torch.no_grad(), eager_cores(pl_module):
-            self._log_probe(trainer, pl_module, writer, batch, step)
+        if batch is not None and isinstance(pl_module, TaskModule):
+            with torch.no_grad(), eager_cores(pl_module):
+                self._log_probe(trainer, pl_module, writer, batch, step)
 
     def _log_best(self, trainer: Trainer, pl_module: LightningModule, writer, step: int) -> None:
         tag, mode = self.monitored(trainer, pl_module)
@@ -363,7 +391,10 @@ class Insight(Callback):
         writer.add_scalar(f"hp/final_val_{metric}", value, step)
 
     def _log_probe(self, trainer: Trainer, pl_module: TaskModule, writer, batch: Any, step: int) -> None:
-        probe = pl_module.probe(batch)
+        # The predictions under the run's precision (autocast for *-mixed), as validation scored them; the trace
+        # below runs in float32 (the cores cast what they read).
+        with trainer.precision_plugin.forward_context():
+            probe = pl_module.probe(batch)
         data = trainer.datamodule if isinstance(trainer.datamodule, DescribesExamples) else None
         index = min(self.example, probe.inputs.shape[0] - 1)
         described = (
@@ -384,9 +415,9 @@ class Insight(Callback):
         if self.gates:
             self._log_gates(trace, writer, step)
         if self.text:
-            text = self._text(pl_module, data, batch, probe, index)
+            with trainer.precision_plugin.forward_context():
+                tag, text = self._text(pl_module, data, batch, probe)
             if text:
-                tag = "samples/continuation" if hasattr(pl_module, "generate") else "samples/examples"
                 writer.add_text(tag, text, step)
 
     @staticmethod
@@ -399,30 +430,32 @@ class Insight(Callback):
             writer.add_histogram(f"gates/{name}", real, step, bins=edges)
             writer.add_scalar(f"gates/{name}_mean", float(real.mean()), step)
 
-    def _text(self, pl_module: TaskModule, data: DescribesExamples | None, batch: Any, probe, index: int) -> str:
-        """Markdown: a language model's continuation, or the first examples with target and output."""
+    def _text(self, pl_module: TaskModule, data: DescribesExamples | None, batch: Any, probe) -> tuple[str, str]:
+        """``(tag, Markdown)``: a language model's continuation of the example's first words, or the first examples
+        with their target and the model's output; empty text where neither is available."""
+        index = min(self.example, probe.inputs.shape[0] - 1)
         if hasattr(pl_module, "generate") and getattr(pl_module, "vocab_words", None):
             words = pl_module.vocab_words
             prompt = batch[0][index, : min(10, batch[0].shape[1])].tolist()
             generator = torch.Generator().manual_seed(0)
             sampled = pl_module.generate(prompt, self.continuation_words, generator=generator)
-            return (
+            return "samples/continuation", (
                 f"**prompt** {' '.join(words[i] for i in prompt)}\n\n"
                 f"**continuation** (sampled, seed 0) {' '.join(words[i] for i in sampled)}"
             )
         if data is None:
-            return ""
+            return "samples/examples", ""
         shown = []
         for i in range(min(self.text_examples, probe.inputs.shape[0])):
             lines = data.describe_example(batch, i, probe.predictions[i]).lines
             shown.append("\n".join("    " + line for line in lines))  # a Markdown code block each
-        return "\n\n".join(shown)
+        return "samples/examples", "\n\n".join(shown)
 
 
 def _first_rows(batch: Any, count: int) -> Any:
-    """The first ``count`` examples of a batch (a tensor or a tuple / named tuple of tensors), detached."""
+    """The first ``count`` examples of a batch (a tensor or a tuple / named tuple of tensors), detached copies."""
     if isinstance(batch, Tensor):
-        return batch[:count].detach()
+        return batch[:count].detach().clone()
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
         return type(batch)(*(_first_rows(b, count) for b in batch))
     if isinstance(batch, tuple | list):

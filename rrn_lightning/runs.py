@@ -89,10 +89,10 @@ class RunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def log_hyperparams(self, params, metrics=None, step=None) -> None:
-        if metrics is not None or not self._hparam_metrics:
-            return super().log_hyperparams(params, metrics, step)
         # Lightning's own bookkeeping (_instantiator, ...) is not a hyperparameter.
         params = {k: v for k, v in _convert_params(params).items() if not str(k).startswith("_")}
+        if metrics is not None or not self._hparam_metrics:
+            return super().log_hyperparams(params, metrics, step)
         params.update(self._extra_hparams)
         super().log_hyperparams(params)  # hparams.yaml; without metrics, nothing goes into the events yet
         # The HPARAMS tab's record, naming the metric tags without logging a placeholder value for them (Lightning

@@ -128,11 +128,19 @@ def test_every_part_can_be_switched_off(tmp_path):
     assert "val/acc" in tags["scalars"]
 
 
-def test_a_bad_insight_setting_is_one_clear_error(capsys):
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("attention_steps=0", "Insight: attention_steps must be a positive integer, got attention_steps=0"),
+        ("example=32", "Insight: example must be an integer from 0 to probe_examples - 1 = 31"),
+        ("text_examples=40", "Insight: text_examples (40) must be at most probe_examples (32)"),
+    ],
+)
+def test_a_bad_insight_setting_is_one_clear_error(setting, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", str(EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml"), "--insight.attention_steps=0"])
+        cli_main(["fit", "--config", str(EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml"), f"--insight.{setting}"])
     assert exit_info.value.code == 2
-    assert "Insight: attention_steps must be a positive integer, got attention_steps=0" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("gate_style", ["unit", "memory"])

@@ -137,14 +137,16 @@ class LSTMCore(RecurrentCore):
         outs, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # [B, T, H], zeros when padded
         return outs, state
 
-
     @torch.no_grad()
     def trace(self, xs: Tensor, state: LSTMState | None = None, lengths: Tensor | None = None) -> CoreTrace:
         """``forward`` with every step's gates (``CoreTrace.gates``: ``"input"``, ``"forget"``, ``"output"``, each
         ``[B, T, num_layers, hidden_size]``), recomputed in float32 from ``nn.LSTM``'s weights one layer and step at
         a time (``nn.LSTM`` does not expose its gates); for inspection, not for training. Dropout between layers
         is not applied (call it in eval mode, as validation does)."""
-        xs = self._flatten_rows("trace", xs, leading=2)
+        with torch.autocast(xs.device.type, enabled=False):  # float32 throughout, also when called under autocast
+            return self._trace(self._flatten_rows("trace", xs, leading=2), state, lengths)
+
+    def _trace(self, xs: Tensor, state: LSTMState | None, lengths: Tensor | None) -> CoreTrace:
         B, T = xs.shape[:2]
         if state is None:
             state = self.initial_state(B, device=xs.device, dtype=torch.float32)
