@@ -49,7 +49,10 @@ FAMILIES = {
         ["--data.init_args.val_size=500"],
     ),
     "word_lm": (
-        {"paper": "language_modelling/ptb_{core}_small.yaml", "cpu": "language_modelling/ptb_{core}_small.yaml"},
+        {
+            "paper": "language_modelling/ptb_{core}_small.yaml",
+            "cpu": "language_modelling/ptb_{core}_small.yaml",
+        },
         [
             f"--data.init_args.corpus={CORPUS}",
             "--data.init_args.batch_size=4",
@@ -74,7 +77,9 @@ def last_validation(run: Path) -> dict[str, float]:
 
 def fit(out: Path, name: str, config: Path, overrides: list[str], timeout: int, devices: int = 1) -> dict:
     root = out / "runs" / name
-    shutil.rmtree(root, ignore_errors=True)  # a rerun into the same --out must not report an earlier checkpoint
+    shutil.rmtree(
+        root, ignore_errors=True
+    )  # a rerun into the same --out must not report an earlier checkpoint
     command = [RRN, "fit", "--config", str(config), f"--trainer.default_root_dir={root}", *overrides]
     command += [f"--trainer.devices={devices}", "--trainer.enable_progress_bar=false"]
     if devices > 1:
@@ -94,7 +99,9 @@ def fit(out: Path, name: str, config: Path, overrides: list[str], timeout: int, 
         code = "timeout"
     (out / f"fit_{name}.log").write_text(log or "")
     report = {"fit": name, "exit": code, "seconds": round(time.perf_counter() - start, 1)}
-    checkpoints = sorted(root.glob("*/version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parents[1].name[8:]))
+    checkpoints = sorted(
+        root.glob("*/version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parents[1].name[8:])
+    )
     if checkpoints:
         run = checkpoints[-1].parents[1]
         report["run"] = str(run)
@@ -141,12 +148,18 @@ def largest_difference(a: dict[str, float], b: dict[str, float]) -> float | None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--accelerator", default="gpu", help="gpu (default) or cpu, for a dry run of the script")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--accelerator", default="gpu", help="gpu (default) or cpu, for a dry run of the script"
+    )
     parser.add_argument("--precisions", nargs="+", default=["bf16-mixed", "16-mixed"])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--cores", nargs="+", default=["rmc", "lstm"], choices=["rmc", "lstm"])
-    parser.add_argument("--scale", default="paper", choices=["paper", "cpu"], help="GPU-sized or CPU-sized configs")
+    parser.add_argument(
+        "--scale", default="paper", choices=["paper", "cpu"], help="GPU-sized or CPU-sized configs"
+    )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--compile-step", action="store_true", help="the RMC fits with compile_step=true")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per fit or validation")
@@ -155,7 +168,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     common = [f"--trainer.accelerator={args.accelerator}", f"--trainer.max_steps={args.steps}"]
-    common += ["--trainer.max_time=null", "--trainer.max_epochs=-1", f"--trainer.val_check_interval={args.steps}"]
+    common += [
+        "--trainer.max_time=null",
+        "--trainer.max_epochs=-1",
+        f"--trainer.val_check_interval={args.steps}",
+    ]
     common += ["--trainer.check_val_every_n_epoch=null"]
     report: dict = {"accelerator": args.accelerator, "scale": args.scale, "steps": args.steps, "fits": []}
     first: dict[tuple[str, str], dict] = {}
@@ -167,7 +184,9 @@ def main() -> None:
                 overrides = [*overrides, "--model.init_args.compile_step=true"]
             for precision in args.precisions:
                 name = f"{family}_{core}_{precision}"
-                result = fit(args.out, name, config, [*overrides, f"--trainer.precision={precision}"], args.timeout)
+                result = fit(
+                    args.out, name, config, [*overrides, f"--trainer.precision={precision}"], args.timeout
+                )
                 report["fits"].append(result)
                 print(json.dumps(result), flush=True)
                 if "run" in result:
@@ -199,9 +218,13 @@ def main() -> None:
             result = fit(args.out, f"{family}_rmc_ddp", config, overrides, args.timeout, devices=2)
             if "run" in result:
                 try:
-                    one = validate(result["run"], config, FAMILIES[family][1], [args.accelerator], args.timeout)
+                    one = validate(
+                        result["run"], config, FAMILIES[family][1], [args.accelerator], args.timeout
+                    )
                     one = one[args.accelerator]
-                    result.update(one_device=one, largest_relative_difference=largest_difference(result["val"], one))
+                    result.update(
+                        one_device=one, largest_relative_difference=largest_difference(result["val"], one)
+                    )
                 except (RuntimeError, subprocess.TimeoutExpired) as error:
                     result["error"] = str(error)[-1000:]
             report["ddp"].append(result)

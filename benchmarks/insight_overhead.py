@@ -71,7 +71,9 @@ def fit_seconds(config: str, on: bool, threads: int | None, extra: list[str]) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True)
     parser.add_argument("--reps", type=int, default=2, help="runs per setting")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs")
@@ -85,7 +87,10 @@ def main() -> None:
             times[setting].append(round(seconds, 2))
             if setting == "on":
                 hooks.append(round(inside, 3))
-            print(json.dumps({"setting": setting, "fit_s": round(seconds, 2), "hooks_s": round(inside, 3)}), flush=True)
+            print(
+                json.dumps({"setting": setting, "fit_s": round(seconds, 2), "hooks_s": round(inside, 3)}),
+                flush=True,
+            )
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
     report = {
         "config": str(Path(args.config)),

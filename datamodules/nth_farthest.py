@@ -159,7 +159,9 @@ class NthFarthestDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
-    def describe_example(self, batch: ClassificationBatch, index: int, prediction: Tensor | None) -> ExampleText:
+    def describe_example(
+        self, batch: ClassificationBatch, index: int, prediction: Tensor | None
+    ) -> ExampleText:
         """``DescribesExamples``: each step labelled by the id of the vector read there (rows come shuffled), and
         the question, the vectors by id, the answer and the model's."""
         inputs, labels = batch[0][index].float().cpu(), batch[1][index]  # [K, F + 3K], []

@@ -133,7 +133,9 @@ class WordLMDataModule(LightningDataModule):
         """Number of words, ``<unk>`` and ``<eos>`` included; linked into the model by the ``rrn`` CLI."""
         return len(self.vocab)
 
-    def describe_example(self, batch: LanguageModelBatch, index: int, prediction: Tensor | None) -> ExampleText:
+    def describe_example(
+        self, batch: LanguageModelBatch, index: int, prediction: Tensor | None
+    ) -> ExampleText:
         """``DescribesExamples``: row ``index`` of a BPTT window as words, and the model's next-word guesses."""
         words = [self.vocab.itos[i] for i in batch.inputs[index].tolist()]
         lines = ["text:  " + " ".join(words)]

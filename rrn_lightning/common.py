@@ -105,7 +105,9 @@ class SupportsBatchLoss(Protocol):
 class ExampleText(NamedTuple):
     """One example in words (``DescribesExamples.describe_example``)."""
 
-    steps: list[str]  # a short label for each real time step the core reads: a character, a word, a vector's id
+    steps: list[
+        str
+    ]  # a short label for each real time step the core reads: a character, a word, a vector's id
     lines: list[str]  # the example, its answer and the model's, as a few lines of plain text
 
 

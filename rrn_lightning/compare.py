@@ -53,7 +53,9 @@ import yaml
 
 from .common import ConfigurationError
 
-DESCRIPTION = "Compare runs: a Markdown table of their results, and optionally a plot of their validation curves."
+DESCRIPTION = (
+    "Compare runs: a Markdown table of their results, and optionally a plot of their validation curves."
+)
 
 EVENT_FILES = "events.out.tfevents.*"
 # The scalars whose wall times make an event file's span: what fit and validate log (`rrn test` logs under test/).
@@ -108,7 +110,9 @@ class Run:
 
     path: Path
     name: str  # as shown: relative to the current directory, else as given
-    scalars: dict[str, list[Point]]  # tag -> points, in the order they were logged (TensorBoard's purged series)
+    scalars: dict[
+        str, list[Point]
+    ]  # tag -> points, in the order they were logged (TensorBoard's purged series)
     spans: list[Span]  # one per event file holding train/ or val/ scalars, in order of start
     metric: str = DEFAULT_METRIC  # the validation tag the run is judged by
     mode: str = DEFAULT_MODE  # "max" or "min"
@@ -194,7 +198,9 @@ def read_run(path: Path, name: str | None = None) -> Run:
     config, hparams = _read_yaml(path / "config.yaml"), _read_yaml(path / "hparams.yaml")
     checkpoint = config.get("checkpoint") or {}
     metric, mode = DEFAULT_METRIC, DEFAULT_MODE
-    if hparams.get("monitor"):  # what the run's TensorBoard reports as best (rrn_lightning.insight), if recorded
+    if hparams.get(
+        "monitor"
+    ):  # what the run's TensorBoard reports as best (rrn_lightning.insight), if recorded
         metric, mode = str(hparams["monitor"]), "max" if hparams.get("monitor_mode") == "max" else "min"
     elif isinstance(checkpoint, dict) and checkpoint.get("monitor"):
         metric, mode = str(checkpoint["monitor"]), "max" if checkpoint.get("mode") == "max" else "min"
@@ -344,7 +350,9 @@ def format_table(runs: Sequence[Run]) -> str:
         return "| " + " | ".join(padded) + " |"
 
     # "---:" right-aligns a column in rendered Markdown.
-    rule = [("-" * (w - 1) + ":") if c in RIGHT_ALIGNED else "-" * w for c, w in zip(COLUMNS, widths, strict=True)]
+    rule = [
+        ("-" * (w - 1) + ":") if c in RIGHT_ALIGNED else "-" * w for c, w in zip(COLUMNS, widths, strict=True)
+    ]
     return "\n".join([line(COLUMNS), line(rule), *(line(row) for row in rows)])
 
 
@@ -506,7 +514,11 @@ def _font():
 
     try:
         return ImageFont.load_default(size=FONT_SIZE)
-    except (TypeError, OSError, ImportError):  # older Pillow, or Pillow built without FreeType: the bitmap font
+    except (
+        TypeError,
+        OSError,
+        ImportError,
+    ):  # older Pillow, or Pillow built without FreeType: the bitmap font
         return ImageFont.load_default()
 
 

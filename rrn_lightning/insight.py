@@ -94,7 +94,9 @@ class AttentionLayout:
     def size(self) -> tuple[int, int]:
         """``(width, height)`` in pixels: the grid, or the caption if wider (up to ``MAX_CAPTION_WIDTH``)."""
         width = max(self.grid_width, min(self.caption_width + 2 * GAP, MAX_CAPTION_WIDTH))
-        height = TOP + self.rows * (self.slots * self.scale + GAP) + TICKS + GAP + self.caption_lines * LINE + GAP
+        height = (
+            TOP + self.rows * (self.slots * self.scale + GAP) + TICKS + GAP + self.caption_lines * LINE + GAP
+        )
         return width, height
 
 
@@ -132,14 +134,23 @@ def attention_image(
             pixels = colorize(weights).repeat_interleave(s, 0).repeat_interleave(s, 1)  # [N*s, K*s, 3]
             y, x = TOP + row * cell_h, LEFT + column * cell_w
             canvas[y : y + N * s, x : x + K * s] = pixels
-    bar_x, bar_top, bar_height = layout.grid_width - RIGHT + GAP, TOP, max(layout.rows * cell_h - GAP, LINE * 2)
+    bar_x, bar_top, bar_height = (
+        layout.grid_width - RIGHT + GAP,
+        TOP,
+        max(layout.rows * cell_h - GAP, LINE * 2),
+    )
     ramp = torch.linspace(1, 0, bar_height)[:, None].expand(bar_height, 8)  # [height, 8]: 1 at the top
     canvas[bar_top : bar_top + bar_height, bar_x : bar_x + 8] = colorize(ramp)
 
     image = Image.fromarray(canvas.numpy())
     draw = ImageDraw.Draw(image)
     black, grey = (0, 0, 0), (90, 90, 90)
-    draw.text((GAP, 2), title or "attention: memory slots (rows) over slots and input x (columns)", fill=black, font=font)
+    draw.text(
+        (GAP, 2),
+        title or "attention: memory slots (rows) over slots and input x (columns)",
+        fill=black,
+        font=font,
+    )
     for column, t in enumerate(steps):
         x = LEFT + column * cell_w
         label = f"t={t}: {step_labels[t]}" if t < len(step_labels) and step_labels[t] else f"t={t}"
@@ -176,7 +187,9 @@ def chosen_steps(length: int, count: int) -> list[int]:
     """``count`` time steps spread evenly over ``0..length-1``, the last one included."""
     if length <= count:
         return list(range(length))
-    return sorted({round(i * (length - 1) / (count - 1)) for i in range(count)}) if count > 1 else [length - 1]
+    return (
+        sorted({round(i * (length - 1) / (count - 1)) for i in range(count)}) if count > 1 else [length - 1]
+    )
 
 
 @contextmanager
@@ -254,7 +267,11 @@ class Insight(Callback):
         self.grad_norm, self.throughput, self.hparams = grad_norm, throughput, hparams
         self.attention, self.attention_steps, self.gates = attention, attention_steps, gates
         self.text, self.text_examples, self.continuation_words = text, text_examples, continuation_words
-        self.every_n_validations, self.example, self.probe_examples = every_n_validations, example, probe_examples
+        self.every_n_validations, self.example, self.probe_examples = (
+            every_n_validations,
+            example,
+            probe_examples,
+        )
         self.best: float | None = None  # of the monitored metric; saved in checkpoints
         self._validations = 0
         self._probe_batch: Any = None
@@ -318,12 +335,21 @@ class Insight(Callback):
             total = torch.linalg.vector_norm(torch.stack(norms))
             pl_module.log("train/grad_norm", total, on_step=True, on_epoch=False)
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.throughput and not self._window:
             self._window.append((time.perf_counter(), 0))
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
-        if not self.throughput or trainer.logger is None or not isinstance(pl_module, TaskModule) or not self._window:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        if (
+            not self.throughput
+            or trainer.logger is None
+            or not isinstance(pl_module, TaskModule)
+            or not self._window
+        ):
             return
         self._unit, count = pl_module.batch_counts(batch)
         self._window.append((time.perf_counter(), count))
@@ -352,7 +378,13 @@ class Insight(Callback):
         return self._validations % self.every_n_validations == 0
 
     def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs,
+        batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if batch_idx == 0 and dataloader_idx == 0 and self._probes_due(trainer):
             self._probe_batch = _first_rows(batch, self.probe_examples)  # copies: the batch itself is let go
@@ -383,7 +415,9 @@ class Insight(Callback):
         if value is None:
             return
         value = float(value)
-        if math.isfinite(value) and (self.best is None or (value > self.best if mode == "max" else value < self.best)):
+        if math.isfinite(value) and (
+            self.best is None or (value > self.best if mode == "max" else value < self.best)
+        ):
             self.best = value
         metric = tag.removeprefix("val/").replace("/", "_")
         if self.best is not None:
@@ -402,7 +436,11 @@ class Insight(Callback):
         )
         length = int(probe.lengths[index]) if probe.lengths is not None else probe.inputs.shape[1]
         # One trace over the probe examples serves both the gate histograms and the example's attention.
-        trace = pl_module.core.trace(probe.inputs, lengths=probe.lengths) if self.attention or self.gates else None
+        trace = (
+            pl_module.core.trace(probe.inputs, lengths=probe.lengths)
+            if self.attention or self.gates
+            else None
+        )
         if self.attention and trace.attention is not None:
             image = attention_image(
                 trace.attention[index, :length].cpu(),  # [T, blocks, H, N, N+n]
@@ -422,7 +460,9 @@ class Insight(Callback):
 
     @staticmethod
     def _log_gates(trace: CoreTrace, writer, step: int) -> None:
-        edges = torch.linspace(0, 1, 41).numpy()  # fixed bins over a gate's range: histograms comparable over time
+        edges = torch.linspace(
+            0, 1, 41
+        ).numpy()  # fixed bins over a gate's range: histograms comparable over time
         for name, values in trace.gates.items():
             real = values[trace.mask].flatten().cpu()  # the gates at real (not padded) steps
             if real.numel() == 0:
@@ -430,7 +470,9 @@ class Insight(Callback):
             writer.add_histogram(f"gates/{name}", real, step, bins=edges)
             writer.add_scalar(f"gates/{name}_mean", float(real.mean()), step)
 
-    def _text(self, pl_module: TaskModule, data: DescribesExamples | None, batch: Any, probe) -> tuple[str, str]:
+    def _text(
+        self, pl_module: TaskModule, data: DescribesExamples | None, batch: Any, probe
+    ) -> tuple[str, str]:
         """``(tag, Markdown)``: a language model's continuation of the example's first words, or the first examples
         with their target and the model's output; empty text where neither is available."""
         index = min(self.example, probe.inputs.shape[0] - 1)

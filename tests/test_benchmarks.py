@@ -89,7 +89,13 @@ def test_compile_run_benchmark_smoke():
 def test_fit_matrix_dry_run(tmp_path):
     """The GPU check's fit matrix, run on the CPU for one family and core: a fit, its checkpoint validated twice."""
     command = [sys.executable, str(ROOT / "benchmarks" / "fit_matrix.py"), "--accelerator=cpu", "--scale=cpu"]
-    command += ["--families=nth_farthest", "--cores=lstm", "--precisions=bf16-mixed", "--steps=2", f"--out={tmp_path}"]
+    command += [
+        "--families=nth_farthest",
+        "--cores=lstm",
+        "--precisions=bf16-mixed",
+        "--steps=2",
+        f"--out={tmp_path}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -60,7 +60,9 @@ def table(text: str) -> dict[str, dict[str, str]]:
     lines = text.strip().splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header == list(compare.COLUMNS)
-    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+    rows = [
+        dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]
+    ]
     return {row["run"]: row for row in rows}
 
 
@@ -81,7 +83,9 @@ def test_table_has_a_row_per_run_with_its_best_and_test_metric(home, monkeypatch
         assert row["steps"] == str(max(step for points in logged.values() for step, _ in points))
         # Wall time: the spans of the event files holding train/ or val/ scalars, each file read alone.
         spans = [span for events in run.glob("events.out.tfevents.*") if (span := train_val_span(events))]
-        assert len(spans) == 1  # the RMC run's second file, of `rrn test`, holds only test/ scalars: it adds nothing
+        assert (
+            len(spans) == 1
+        )  # the RMC run's second file, of `rrn test`, holds only test/ scalars: it adds nothing
         assert row["wall time"] == compare.format_duration(spans[0])
     # Only the RMC run was tested; its test/acc comes from the second event file that `rrn test` wrote.
     assert len(list((home / "runs" / RMC).glob("events.out.tfevents.*"))) == 2
@@ -108,7 +112,9 @@ def test_plot_is_a_png_of_the_documented_size_with_every_run_drawn(home, monkeyp
     assert {compare.run_colour(0), compare.run_colour(1)} <= colours  # both runs' curves
 
 
-def write_run(folder: Path, files: list[list[tuple[str, int, float, float]]], monitor: str | None = None) -> None:
+def write_run(
+    folder: Path, files: list[list[tuple[str, int, float, float]]], monitor: str | None = None
+) -> None:
     """A run folder by hand: one event file per list of (tag, step, value, wall time); a later file resumes the
     run at its first step, as `rrn fit --ckpt_path last` does (TensorBoard's purge_step), unless it holds only
     test/ scalars, as `rrn test` writes."""
@@ -119,7 +125,9 @@ def write_run(folder: Path, files: list[list[tuple[str, int, float, float]]], mo
             writer.add_scalar(tag, value, step, walltime=wall_time)
         writer.close()
         # Named in order: TensorBoard reads a folder's event files by name.
-        (new,) = (f for f in folder.glob("events.out.tfevents.*") if not f.name.startswith("events.out.tfevents.0"))
+        (new,) = (
+            f for f in folder.glob("events.out.tfevents.*") if not f.name.startswith("events.out.tfevents.0")
+        )
         new.rename(folder / f"events.out.tfevents.{index:010d}.host")
     if monitor is not None:
         config = {"checkpoint": {"monitor": monitor, "mode": "min"}, "model": {"init_args": {"core": None}}}
@@ -134,11 +142,17 @@ def test_resumed_runs_and_runs_without_a_monitor(tmp_path, capsys):
     first.append(("val/loss", 30, 0.1, 1020.0))
     resumed = [("val/loss", 30, 0.4, 4600.0), ("train/loss", 35, 0.3, 4700.0), ("val/loss", 40, 0.2, 4725.0)]
     write_run(lm_dir, [first, resumed, [("test/loss", 40, 0.25, 9000.0)]])
-    write_run(tmp_path / "ppl" / "version_0", [[("val/ppl", 5, math.nan, 10.0), ("val/ppl", 7, 90.0, 20.0)]], "val/ppl")
+    write_run(
+        tmp_path / "ppl" / "version_0",
+        [[("val/ppl", 5, math.nan, 10.0), ("val/ppl", 7, 90.0, 20.0)]],
+        "val/ppl",
+    )
     assert compare.main([str(tmp_path), "--plot", str(tmp_path / "compare.png")]) == 0
     rows = table(capsys.readouterr().out)
     lm, ppl = rows[str(tmp_path / "lm" / "version_0")], rows[str(tmp_path / "ppl" / "version_0")]
-    assert lm["best validation metric"] == "val/loss 0.2000 (step 40)"  # no monitor: val/loss, lower is better
+    assert (
+        lm["best validation metric"] == "val/loss 0.2000 (step 40)"
+    )  # no monitor: val/loss, lower is better
     # Wall time: the files' spans, 25 s and 125 s; the hour between them and the test file count nothing.
     assert (lm["steps"], lm["wall time"], lm["core"], lm["parameters"]) == ("40", "0:02:30", "-", "-")
     assert lm["test metric"] == "test/loss 0.2500"
@@ -150,7 +164,9 @@ def test_resumed_runs_and_runs_without_a_monitor(tmp_path, capsys):
         (30, 25.0),
         (40, 150.0),
     ]
-    assert compare.read_run(tmp_path / "ppl" / "version_0").wall_seconds == 10.0  # NaN or not, the time counts
+    assert (
+        compare.read_run(tmp_path / "ppl" / "version_0").wall_seconds == 10.0
+    )  # NaN or not, the time counts
     assert ppl["best validation metric"] == "val/ppl 90.0000 (step 7)"  # NaN never wins
     with Image.open(tmp_path / "compare.png") as image:
         assert image.size == compare.plot_size(metrics=2, runs=2)  # a row of panels per metric

@@ -29,14 +29,21 @@ SHORT = [
     "--trainer.enable_progress_bar=false",
 ]
 FAMILIES = {
-    "nth_farthest": ("nth_farthest/rmc_cpu.yaml", ["--data.init_args.batch_size=16", "--data.init_args.val_size=32"]),
+    "nth_farthest": (
+        "nth_farthest/rmc_cpu.yaml",
+        ["--data.init_args.batch_size=16", "--data.init_args.val_size=32"],
+    ),
     "learn_to_execute": (
         "learn_to_execute/addition_rmc_cpu.yaml",
         ["--data.init_args.batch_size=16", "--data.init_args.val_size=32"],
     ),
     "word_lm": (
         "language_modelling/ptb_rmc_small.yaml",
-        [f"--data.init_args.corpus={CORPUS}", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4"],
+        [
+            f"--data.init_args.corpus={CORPUS}",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.eval_batch_size=4",
+        ],
     ),
 }
 
@@ -65,8 +72,16 @@ def test_a_short_run_writes_curves_images_histograms_text_and_hparams(family, tm
     tags = events.Tags()
     scalars = set(tags["scalars"])
     unit = "tokens" if family == "word_lm" else "examples"
-    metric = {"nth_farthest": "acc", "learn_to_execute": "char_acc", "word_lm": "loss"}[family]  # the monitored one
-    expected = {"train/loss_step", "train/grad_norm", f"train/{unit}_per_s", "val/loss", f"hp/best_val_{metric}"}
+    metric = {"nth_farthest": "acc", "learn_to_execute": "char_acc", "word_lm": "loss"}[
+        family
+    ]  # the monitored one
+    expected = {
+        "train/loss_step",
+        "train/grad_norm",
+        f"train/{unit}_per_s",
+        "val/loss",
+        f"hp/best_val_{metric}",
+    }
     expected |= {
         f"hp/final_val_{metric}",
         "gates/input_mean",
@@ -74,7 +89,9 @@ def test_a_short_run_writes_curves_images_histograms_text_and_hparams(family, tm
     }
     assert expected <= scalars, expected - scalars
     assert any(tag.startswith("lr-") for tag in scalars)
-    assert len(events.Scalars("train/grad_norm")) == 3 and all(e.value > 0 for e in events.Scalars("train/grad_norm"))
+    assert len(events.Scalars("train/grad_norm")) == 3 and all(
+        e.value > 0 for e in events.Scalars("train/grad_norm")
+    )
     assert all(e.value > 0 for e in events.Scalars(f"train/{unit}_per_s"))
     # hp/ values equal the validation they come from, at the same step.
     (val,) = events.Scalars(f"val/{metric}")
@@ -83,7 +100,9 @@ def test_a_short_run_writes_curves_images_histograms_text_and_hparams(family, tm
 
     (image,) = events.Images("attention/example")
     png = Image.open(io.BytesIO(image.encoded_image_string))
-    assert png.format == "PNG" and png.size == (image.width, image.height) and len(png.getcolors(1 << 16)) > 10
+    assert (
+        png.format == "PNG" and png.size == (image.width, image.height) and len(png.getcolors(1 << 16)) > 10
+    )
 
     assert {"gates/input", "gates/forget"} <= set(tags["histograms"])
     histogram = events.Histograms("gates/forget")[-1].histogram_value
@@ -105,7 +124,9 @@ def test_a_short_run_writes_curves_images_histograms_text_and_hparams(family, tm
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
     assert f"hp/best_val_{metric}".encode() in hparams["_hparams_/experiment"]
     session = hparams["_hparams_/session_start_info"]
-    assert b"RelationalMemory" in session and b"core/init_args/mem_slots" in session and b"parameters" in session
+    assert (
+        b"RelationalMemory" in session and b"core/init_args/mem_slots" in session and b"parameters" in session
+    )
     assert b"_instantiator" not in session
 
 
@@ -120,7 +141,10 @@ def test_lstm_runs_show_its_three_gates_and_no_attention(tmp_path):
 def test_every_part_can_be_switched_off(tmp_path):
     off = ["grad_norm", "throughput", "hparams", "attention", "gates", "text"]
     events = fit(
-        tmp_path, "nth_farthest/rmc_cpu.yaml", *FAMILIES["nth_farthest"][1], *[f"--insight.{o}=false" for o in off]
+        tmp_path,
+        "nth_farthest/rmc_cpu.yaml",
+        *FAMILIES["nth_farthest"][1],
+        *[f"--insight.{o}=false" for o in off],
     )
     tags = events.Tags()
     assert tags["images"] == [] and tags["histograms"] == [] and tags["tensors"] == []
@@ -138,7 +162,9 @@ def test_every_part_can_be_switched_off(tmp_path):
 )
 def test_a_bad_insight_setting_is_one_clear_error(setting, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", str(EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml"), f"--insight.{setting}"])
+        cli_main(
+            ["fit", "--config", str(EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml"), f"--insight.{setting}"]
+        )
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -146,7 +172,9 @@ def test_a_bad_insight_setting_is_one_clear_error(setting, message, capsys):
 @pytest.mark.parametrize("gate_style", ["unit", "memory"])
 def test_rmc_trace_matches_forward_and_its_attention_rows_sum_to_one(gate_style):
     torch.manual_seed(0)
-    core = RelationalMemory(5, mem_slots=3, head_size=4, num_heads=2, num_blocks=2, gate_style=gate_style).eval()
+    core = RelationalMemory(
+        5, mem_slots=3, head_size=4, num_heads=2, num_blocks=2, gate_style=gate_style
+    ).eval()
     xs, lengths = torch.randn(4, 6, 5), torch.tensor([6, 3, 1, 5])
     outputs, _ = core(xs, lengths=lengths)
     trace = core.trace(xs, lengths=lengths)

@@ -189,7 +189,9 @@ def test_killed_run_resumes_bit_identical_in_its_own_folder(family, kill_at, fin
     # Best-checkpoint tracking went on across the resume, in the same folder.
     assert "dirpath has changed" not in resumed.stderr
     best = [state for key, state in load(last)["callbacks"].items() if key.startswith("RunCheckpoint")]
-    reference_best = [state for key, state in reference["callbacks"].items() if key.startswith("RunCheckpoint")]
+    reference_best = [
+        state for key, state in reference["callbacks"].items() if key.startswith("RunCheckpoint")
+    ]
     assert best[0]["best_model_score"] == reference_best[0]["best_model_score"]
     assert Path(best[0]["best_model_path"]).name == Path(reference_best[0]["best_model_path"]).name
     assert Path(best[0]["best_model_path"]).is_file()
@@ -258,7 +260,13 @@ def test_signals_write_last(tmp_path):
     common = ["--checkpoint.every_n_train_steps=0", "--trainer.callbacks+=interrupt.SignalAtStep"]
     results = rrn_together(
         *[
-            ["fit", *NTH, f"--trainer.default_root_dir={tmp_path / name}", *common, "--trainer.callbacks.step=4"]
+            [
+                "fit",
+                *NTH,
+                f"--trainer.default_root_dir={tmp_path / name}",
+                *common,
+                "--trainer.callbacks.step=4",
+            ]
             + [f"--trainer.callbacks.signal_name={name}"]
             for name in cases
         ]
@@ -327,7 +335,9 @@ def test_max_time_stop_is_reported(tmp_path, capsys):
         ]
     )
     out = capsys.readouterr().out
-    assert re.search(r"rrn: training stopped on max_time after \d+ s of training \(counted across resumes\)", out)
+    assert re.search(
+        r"rrn: training stopped on max_time after \d+ s of training \(counted across resumes\)", out
+    )
     assert "of max_epochs=100000" in out
 
 
@@ -345,4 +355,6 @@ def test_a_checkpoint_without_training_metric_sums_still_loads(tmp_path):
 
     model = SequenceClassifier.load_from_checkpoint(tmp_path / "old.ckpt")
     assert all(float(model.state_dict()[key].sum()) == 0 for key in dropped)
-    cli_main(["test", *SMALL, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={tmp_path / 'old.ckpt'}"])
+    cli_main(
+        ["test", *SMALL, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={tmp_path / 'old.ckpt'}"]
+    )

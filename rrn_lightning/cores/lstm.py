@@ -143,7 +143,9 @@ class LSTMCore(RecurrentCore):
         ``[B, T, num_layers, hidden_size]``), recomputed in float32 from ``nn.LSTM``'s weights one layer and step at
         a time (``nn.LSTM`` does not expose its gates); for inspection, not for training. Dropout between layers
         is not applied (call it in eval mode, as validation does)."""
-        with torch.autocast(xs.device.type, enabled=False):  # float32 throughout, also when called under autocast
+        with torch.autocast(
+            xs.device.type, enabled=False
+        ):  # float32 throughout, also when called under autocast
             return self._trace(self._flatten_rows("trace", xs, leading=2), state, lengths)
 
     def _trace(self, xs: Tensor, state: LSTMState | None, lengths: Tensor | None) -> CoreTrace:
@@ -181,6 +183,7 @@ class LSTMCore(RecurrentCore):
             mask=mask,
             gates={name: torch.stack(layers, dim=2) for name, layers in gates.items()},  # [B, T, L, H]
         )
+
 
 _ONEDNN_LSTM: dict[torch.dtype, bool] = {}
 
