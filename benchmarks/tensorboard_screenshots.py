@@ -21,8 +21,8 @@ How the page is made to render (TensorBoard is a single-page app that fetches it
 after load, so a plain ``--screenshot`` gives only the orange title bar):
 
 * ``--virtual-time-budget`` lets the page run its timers and requests before the shot is taken.
-  For a small run 3-5 s of virtual time suffice (about 4 s of wall time per tab); the default is
-  15 s (about 6 s per tab). Chromium 156 hung with a 1 s budget, so each shot has a wall-clock timeout.
+  A small run needs a few seconds of virtual time; the default is 15 s (timings: benchmarks/RESULTS.md,
+  "Inside the memory"). A very short budget can hang Chromium, so each shot has a wall-clock timeout.
 * ``--run-all-compositor-stages-before-draw`` is needed for the Time Series tab's lazily drawn cards
   (without it the cards stay empty boxes).
 * ``?forceSVG=true`` (a TensorBoard feature flag) makes the Time Series line charts draw with SVG:
