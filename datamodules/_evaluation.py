@@ -1,4 +1,5 @@
-"""Fixed validation and test sets for the sequence-to-sequence tasks generated on the fly."""
+"""Fixed validation and test sets for the sequence-to-sequence tasks generated on the fly, and how their examples
+are put into words (``describe_seq2seq``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 from torch import Tensor
 from torch.utils.data import DataLoader
+
+from rrn_lightning.common import ExampleText, Seq2SeqBatch
 
 
 class FixedEvaluationSets:
@@ -47,3 +50,20 @@ class FixedEvaluationSets:
     def predict_dataloader(self) -> DataLoader:
         """``rrn predict`` reads the test set."""
         return self.test_dataloader()
+
+
+def describe_seq2seq(
+    batch: Seq2SeqBatch, index: int, prediction: Tensor | None, step_label, output_text, separator: str = ""
+) -> ExampleText:
+    """A sequence-to-sequence example in words: ``step_label(input row [D]) -> str`` names each real input step
+    (the input line joins them with ``separator``), ``output_text(ids) -> str`` reads a target or a prediction (up
+    to the target's length)."""
+    length, target_length = int(batch.input_lengths[index]), int(batch.target_lengths[index])
+    rows = batch.inputs[index, :length].float().cpu()  # [T, D]
+    target = batch.targets[index, :target_length].tolist()
+    steps = [step_label(row) for row in rows]
+    lines = ["input:  " + separator.join(steps)]
+    lines.append("target: " + output_text(target))
+    if prediction is not None:
+        lines.append("model:  " + (output_text(prediction[:target_length].tolist()) or "(<eos> at once)"))
+    return ExampleText(steps, lines)

@@ -33,7 +33,7 @@ from rrn_lightning.common import (
     check_positive_ints,
 )
 
-from ._evaluation import FixedEvaluationSets
+from ._evaluation import FixedEvaluationSets, describe_seq2seq
 from ._resumable import EpochBatches, rank_of, stream_seed, training_loader
 from .programs import TASKS, generate
 
@@ -70,23 +70,6 @@ def decode(ids: list[int]) -> str:
             break
         chars.append(VOCAB[i] if i not in (PAD_ID, EOS_ID) else "")
     return "".join(chars)
-
-
-def describe_seq2seq(
-    batch: Seq2SeqBatch, index: int, prediction: Tensor | None, step_label, output_text, separator: str = ""
-) -> ExampleText:
-    """A sequence-to-sequence example in words: ``step_label(input row [D]) -> str`` names each real input step
-    (the input line joins them with ``separator``), ``output_text(ids) -> str`` reads a target or a prediction (up
-    to the target's length)."""
-    length, target_length = int(batch.input_lengths[index]), int(batch.target_lengths[index])
-    rows = batch.inputs[index, :length].float().cpu()  # [T, D]
-    target = batch.targets[index, :target_length].tolist()
-    steps = [step_label(row) for row in rows]
-    lines = ["input:  " + separator.join(steps)]
-    lines.append("target: " + output_text(target))
-    if prediction is not None:
-        lines.append("model:  " + (output_text(prediction[:target_length].tolist()) or "(<eos> at once)"))
-    return ExampleText(steps, lines)
 
 
 def _character(row: Tensor) -> str:

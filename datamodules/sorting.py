@@ -19,9 +19,8 @@ from torch.utils.data import DataLoader
 
 from rrn_lightning.common import ConfigurationError, ExampleText, Seq2SeqBatch, check_positive_ints
 
-from ._evaluation import FixedEvaluationSets
+from ._evaluation import FixedEvaluationSets, describe_seq2seq
 from ._resumable import SeededBatches, rank_of, training_loader
-from .learn_to_execute import describe_seq2seq
 
 __all__ = ["SortingDataModule", "make_sorting"]
 

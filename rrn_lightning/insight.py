@@ -302,14 +302,14 @@ class Insight(Callback):
         if stage != "fit" or not self.hparams or not hasattr(logger, "declare_hparams"):
             return
         tag, mode = self.monitored(trainer, pl_module)
-        metric = tag.removeprefix("val/").replace("/", "_")
+        best, final = _hp_tags(tag)
         logger.declare_hparams(
             extra={
                 "parameters": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
                 "monitor": tag,
                 "monitor_mode": mode,
             },
-            metrics=[f"hp/best_val_{metric}", f"hp/final_val_{metric}", "val/loss"],
+            metrics=[best, final, "val/loss"],
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -419,10 +419,10 @@ class Insight(Callback):
             self.best is None or (value > self.best if mode == "max" else value < self.best)
         ):
             self.best = value
-        metric = tag.removeprefix("val/").replace("/", "_")
+        best_tag, final_tag = _hp_tags(tag)
         if self.best is not None:
-            writer.add_scalar(f"hp/best_val_{metric}", self.best, step)
-        writer.add_scalar(f"hp/final_val_{metric}", value, step)
+            writer.add_scalar(best_tag, self.best, step)
+        writer.add_scalar(final_tag, value, step)
 
     def _log_probe(self, trainer: Trainer, pl_module: TaskModule, writer, batch: Any, step: int) -> None:
         # The predictions under the run's precision (autocast for *-mixed), as validation scored them; the trace
@@ -454,15 +454,14 @@ class Insight(Callback):
             self._log_gates(trace, writer, step)
         if self.text:
             with trainer.precision_plugin.forward_context():
-                tag, text = self._text(pl_module, data, batch, probe)
+                tag, text = self._text(pl_module, data, batch, probe, index)
             if text:
                 writer.add_text(tag, text, step)
 
     @staticmethod
     def _log_gates(trace: CoreTrace, writer, step: int) -> None:
-        edges = torch.linspace(
-            0, 1, 41
-        ).numpy()  # fixed bins over a gate's range: histograms comparable over time
+        # Fixed bins over a gate's range, so that the histograms compare across validations.
+        edges = torch.linspace(0, 1, 41).numpy()
         for name, values in trace.gates.items():
             real = values[trace.mask].flatten().cpu()  # the gates at real (not padded) steps
             if real.numel() == 0:
@@ -471,11 +470,10 @@ class Insight(Callback):
             writer.add_scalar(f"gates/{name}_mean", float(real.mean()), step)
 
     def _text(
-        self, pl_module: TaskModule, data: DescribesExamples | None, batch: Any, probe
+        self, pl_module: TaskModule, data: DescribesExamples | None, batch: Any, probe, index: int
     ) -> tuple[str, str]:
-        """``(tag, Markdown)``: a language model's continuation of the example's first words, or the first examples
-        with their target and the model's output; empty text where neither is available."""
-        index = min(self.example, probe.inputs.shape[0] - 1)
+        """``(tag, Markdown)``: a language model's continuation of example ``index``'s first words, or the first
+        examples with their target and the model's output; empty text where neither is available."""
         if hasattr(pl_module, "generate") and getattr(pl_module, "vocab_words", None):
             words = pl_module.vocab_words
             prompt = batch[0][index, : min(10, batch[0].shape[1])].tolist()
@@ -492,6 +490,12 @@ class Insight(Callback):
             lines = data.describe_example(batch, i, probe.predictions[i]).lines
             shown.append("\n".join("    " + line for line in lines))  # a Markdown code block each
         return "samples/examples", "\n\n".join(shown)
+
+
+def _hp_tags(monitor: str) -> tuple[str, str]:
+    """The HPARAMS scalars of a monitored metric: val/acc -> (hp/best_val_acc, hp/final_val_acc)."""
+    metric = monitor.removeprefix("val/").replace("/", "_")
+    return f"hp/best_val_{metric}", f"hp/final_val_{metric}"
 
 
 def _first_rows(batch: Any, count: int) -> Any:

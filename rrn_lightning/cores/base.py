@@ -63,11 +63,7 @@ class RecurrentCore(nn.Module):
         """Run over ``xs`` like ``forward`` and also return what the core computed inside (attention weights,
         gates) as a ``CoreTrace``; no gradients. This base version has the outputs only: cores override it."""
         outputs, _ = self(xs, state, lengths=lengths)
-        B, T = outputs.shape[:2]
-        mask = torch.ones(B, T, dtype=torch.bool, device=outputs.device)
-        if lengths is not None:
-            mask = self._length_mask(lengths, B, T, outputs.device)
-        return CoreTrace(outputs.float(), mask)
+        return CoreTrace(outputs.float(), self._real_steps(lengths, *outputs.shape[:2], outputs.device))
 
     # Input checks shared by the cores: ValueErrors that say the expected and the actual shape.
     def _check_inputs(self, where: str, x: Tensor, leading: int) -> None:
@@ -82,6 +78,14 @@ class RecurrentCore(nn.Module):
             raise ValueError(f"{owner}: input must have shape [{', '.join(names)}], got {list(x.shape)}.")
         if leading == 2 and x.shape[1] == 0:
             raise ValueError(f"{owner}: the input has no time steps (shape {list(x.shape)}).")
+
+    def _real_steps(
+        self, lengths: Tensor | None, batch_size: int, steps: int, device: torch.device
+    ) -> Tensor:
+        """The [B, T] mask of real steps for ``trace``: every step without ``lengths``, else ``_length_mask``."""
+        if lengths is None:
+            return torch.ones(batch_size, steps, dtype=torch.bool, device=device)
+        return self._length_mask(lengths, batch_size, steps, device)
 
     def _length_mask(self, lengths: Tensor, batch_size: int, steps: int, device: torch.device) -> Tensor:
         """Validate ``lengths`` [B] and return the [B, T] mask of real (not padded) steps."""

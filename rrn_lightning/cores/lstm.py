@@ -153,9 +153,7 @@ class LSTMCore(RecurrentCore):
         if state is None:
             state = self.initial_state(B, device=xs.device, dtype=torch.float32)
         self._check_state("trace", state, B)
-        mask = torch.ones(B, T, dtype=torch.bool, device=xs.device)
-        if lengths is not None:
-            mask = self._length_mask(lengths, B, T, xs.device)
+        mask = self._real_steps(lengths, B, T, xs.device)
         layer_input = xs.float()
         gates: dict[str, list[Tensor]] = {"input": [], "forget": [], "output": []}
         for layer in range(self.num_layers):

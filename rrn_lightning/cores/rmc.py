@@ -444,9 +444,7 @@ class RelationalMemory(RecurrentCore):
         if state is None:
             state = self.initial_state(B, device=xs.device, dtype=self.input_projection.weight.dtype)
         self._check_state("trace", state, B)
-        mask = torch.ones(B, T, dtype=torch.bool, device=xs.device)
-        if lengths is not None:
-            mask = self._length_mask(lengths, B, T, xs.device)
+        mask = self._real_steps(lengths, B, T, xs.device)
         outputs, attentions, gates = [], [], {"input": [], "forget": []}
         for t in range(T):
             # Eagerly: a compiled step would compile a graph of its own for this rare call.
