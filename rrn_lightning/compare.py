@@ -197,13 +197,15 @@ def read_run(path: Path, name: str | None = None) -> Run:
     """A run folder's scalars, validation metric, core and parameter count; what it does not record stays None."""
     config, hparams = _read_yaml(path / "config.yaml"), _read_yaml(path / "hparams.yaml")
     checkpoint = config.get("checkpoint") or {}
-    metric, mode = DEFAULT_METRIC, DEFAULT_MODE
-    if hparams.get(
-        "monitor"
-    ):  # what the run's TensorBoard reports as best (rrn_lightning.insight), if recorded
-        metric, mode = str(hparams["monitor"]), "max" if hparams.get("monitor_mode") == "max" else "min"
+    # What the run's TensorBoard reports as best (rrn_lightning.insight records it), else what its checkpoints
+    # monitor, else the default.
+    if hparams.get("monitor"):
+        metric, mode = hparams["monitor"], hparams.get("monitor_mode")
     elif isinstance(checkpoint, dict) and checkpoint.get("monitor"):
-        metric, mode = str(checkpoint["monitor"]), "max" if checkpoint.get("mode") == "max" else "min"
+        metric, mode = checkpoint["monitor"], checkpoint.get("mode")
+    else:
+        metric, mode = DEFAULT_METRIC, DEFAULT_MODE
+    metric, mode = str(metric), "max" if mode == "max" else "min"
     parameters = hparams.get("parameters")
     return Run(
         path=path,
