@@ -77,9 +77,8 @@ def last_validation(run: Path) -> dict[str, float]:
 
 def fit(out: Path, name: str, config: Path, overrides: list[str], timeout: int, devices: int = 1) -> dict:
     root = out / "runs" / name
-    shutil.rmtree(
-        root, ignore_errors=True
-    )  # a rerun into the same --out must not report an earlier checkpoint
+    # A rerun into the same --out must not report an earlier checkpoint.
+    shutil.rmtree(root, ignore_errors=True)
     command = [RRN, "fit", "--config", str(config), f"--trainer.default_root_dir={root}", *overrides]
     command += [f"--trainer.devices={devices}", "--trainer.enable_progress_bar=false"]
     if devices > 1:

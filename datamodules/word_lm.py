@@ -190,9 +190,8 @@ class WordLMDataModule(LightningDataModule):
             self.setup({"train": "fit", "valid": "validate", "test": "test"}[split])
         dataset = self._datasets[split]
         if split == "train":
-            return training_loader(
-                self, dataset
-            )  # a resumed run reads its epoch's window lengths from its window
+            # A resumed run reads its epoch's window lengths from its window.
+            return training_loader(self, dataset)
         return DataLoader(dataset, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:

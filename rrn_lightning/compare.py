@@ -516,11 +516,7 @@ def _font():
 
     try:
         return ImageFont.load_default(size=FONT_SIZE)
-    except (
-        TypeError,
-        OSError,
-        ImportError,
-    ):  # older Pillow, or Pillow built without FreeType: the bitmap font
+    except (TypeError, OSError, ImportError):  # older Pillow, or one without FreeType: the bitmap font
         return ImageFont.load_default()
 
 

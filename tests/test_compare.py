@@ -83,9 +83,8 @@ def test_table_has_a_row_per_run_with_its_best_and_test_metric(home, monkeypatch
         assert row["steps"] == str(max(step for points in logged.values() for step, _ in points))
         # Wall time: the spans of the event files holding train/ or val/ scalars, each file read alone.
         spans = [span for events in run.glob("events.out.tfevents.*") if (span := train_val_span(events))]
-        assert (
-            len(spans) == 1
-        )  # the RMC run's second file, of `rrn test`, holds only test/ scalars: it adds nothing
+        # The RMC run's second file, of `rrn test`, holds only test/ scalars: it adds nothing.
+        assert len(spans) == 1
         assert row["wall time"] == compare.format_duration(spans[0])
     # Only the RMC run was tested; its test/acc comes from the second event file that `rrn test` wrote.
     assert len(list((home / "runs" / RMC).glob("events.out.tfevents.*"))) == 2
@@ -150,9 +149,8 @@ def test_resumed_runs_and_runs_without_a_monitor(tmp_path, capsys):
     assert compare.main([str(tmp_path), "--plot", str(tmp_path / "compare.png")]) == 0
     rows = table(capsys.readouterr().out)
     lm, ppl = rows[str(tmp_path / "lm" / "version_0")], rows[str(tmp_path / "ppl" / "version_0")]
-    assert (
-        lm["best validation metric"] == "val/loss 0.2000 (step 40)"
-    )  # no monitor: val/loss, lower is better
+    # No monitor: val/loss, lower is better.
+    assert lm["best validation metric"] == "val/loss 0.2000 (step 40)"
     # Wall time: the files' spans, 25 s and 125 s; the hour between them and the test file count nothing.
     assert (lm["steps"], lm["wall time"], lm["core"], lm["parameters"]) == ("40", "0:02:30", "-", "-")
     assert lm["test metric"] == "test/loss 0.2500"
@@ -164,9 +162,8 @@ def test_resumed_runs_and_runs_without_a_monitor(tmp_path, capsys):
         (30, 25.0),
         (40, 150.0),
     ]
-    assert (
-        compare.read_run(tmp_path / "ppl" / "version_0").wall_seconds == 10.0
-    )  # NaN or not, the time counts
+    # NaN or not, the time counts.
+    assert compare.read_run(tmp_path / "ppl" / "version_0").wall_seconds == 10.0
     assert ppl["best validation metric"] == "val/ppl 90.0000 (step 7)"  # NaN never wins
     with Image.open(tmp_path / "compare.png") as image:
         assert image.size == compare.plot_size(metrics=2, runs=2)  # a row of panels per metric

@@ -88,16 +88,14 @@ def test_bad_compile_settings_are_refused_with_the_choices():
     with pytest.raises(ConfigurationError, match=r"compile_step=1"):
         core.compile_step = 1
     core.compile_step = "max-autotune"
-    assert (
-        core.compile_step == "max-autotune" and "compile_step" not in core.init_kwargs
-    )  # not an architecture argument
+    # Not an architecture argument.
+    assert core.compile_step == "max-autotune" and "compile_step" not in core.init_kwargs
 
 
 def test_true_means_the_devices_usual_mode():
     assert resolve_mode(True, torch.device("cpu")) == "default"
-    assert (
-        resolve_mode(True, torch.device("cuda", 0)) == "default"
-    )  # until reduce-overhead is measured on a GPU
+    # Until reduce-overhead is measured on a GPU.
+    assert resolve_mode(True, torch.device("cuda", 0)) == "default"
     assert resolve_mode(False, torch.device("cpu")) is None
     assert resolve_mode("max-autotune", torch.device("cpu")) == "max-autotune"
 

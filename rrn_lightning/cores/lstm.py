@@ -143,9 +143,8 @@ class LSTMCore(RecurrentCore):
         ``[B, T, num_layers, hidden_size]``), recomputed in float32 from ``nn.LSTM``'s weights one layer and step at
         a time (``nn.LSTM`` does not expose its gates); for inspection, not for training. Dropout between layers
         is not applied (call it in eval mode, as validation does)."""
-        with torch.autocast(
-            xs.device.type, enabled=False
-        ):  # float32 throughout, also when called under autocast
+        # Float32 throughout, also when called under autocast.
+        with torch.autocast(xs.device.type, enabled=False):
             return self._trace(self._flatten_rows("trace", xs, leading=2), state, lengths)
 
     def _trace(self, xs: Tensor, state: LSTMState | None, lengths: Tensor | None) -> CoreTrace:

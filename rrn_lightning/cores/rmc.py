@@ -540,9 +540,8 @@ def rmc_step(
         qkv_eps, attention_eps, mlp_eps = shape.eps[i]
         qkv_mem = _norm(F.linear(x_mem.to(compute), *block.qkv), block.qkv_norm, qkv_eps, dtype)  # [B, N, F]
         if i > 0:
-            qkv_in = _norm(
-                F.linear(x_in.to(compute), *block.qkv), block.qkv_norm, qkv_eps, dtype
-            )  # [B, n, F]
+            # [B, n, F]
+            qkv_in = _norm(F.linear(x_in.to(compute), *block.qkv), block.qkv_norm, qkv_eps, dtype)
         qkv = torch.cat([qkv_mem, qkv_in], dim=1).view(B, R, H, 2 * k + h).transpose(1, 2)  # [B, H, R, 2k+h]
         q, key, v = qkv.to(compute).split([k, k, h], dim=-1)
         if last:
@@ -558,9 +557,8 @@ def rmc_step(
             x_mem = _norm(x_mem + att, block.attention_norm, attention_eps, dtype)
             x_mem = _norm(_mlp(x_mem, weights.mlp, compute) + x_mem, block.mlp_norm, mlp_eps, dtype)
         else:
-            x = _norm(
-                torch.cat([x_mem, x_in], dim=1) + att, block.attention_norm, attention_eps, dtype
-            )  # [B, R, M]
+            # [B, R, M]
+            x = _norm(torch.cat([x_mem, x_in], dim=1) + att, block.attention_norm, attention_eps, dtype)
             x = _norm(_mlp(x, weights.mlp, compute) + x, block.mlp_norm, mlp_eps, dtype)
             x_mem, x_in = x[:, :N], x[:, N:]
     new, gates = x_mem, None  # [B, N, M]
