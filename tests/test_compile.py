@@ -178,8 +178,10 @@ def test_without_a_compiler_the_step_runs_eagerly_after_one_warning(monkeypatch)
         broken = {"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False}
         with torch._inductor.config.patch(broken), pytest.warns(RuntimeWarning) as caught:
             fallback = core(xs)[0]
-        message = str(caught[0].message)
-        assert "could not compile the RMC step" in message and "compile_step=false" in message
+        # Ours, among what else a first compile may warn about (torch's own deprecations, when this test runs
+        # first): exactly one.
+        (message,) = [str(w.message) for w in caught if "could not compile the RMC step" in str(w.message)]
+        assert "compile_step=false" in message
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # one warning, not one per call
             again = core(xs)[0]
