@@ -5,11 +5,17 @@
 
 Each RUN_DIR is a run folder written by ``rrn fit`` (``runs/<name>/version_N``, the folder that holds the TensorBoard
 event files), or any folder above run folders, which stands for every run folder below it (sorted by path, version_2
-before version_10). The table has one row per run:
+before version_10). Runs that differ only in their seed are one group (``--no-group``: each run alone): runs whose
+``config.yaml`` files are equal once ``seed_everything`` and the keys that name, place or resume a run (RUN_KEYS,
+LOGGER_RUN_KEYS) are left out, and that report the same metric; a run without a config.yaml is a group of its own.
+The table has one row per group:
 
-- run: the run folder, relative to the current directory (else as given);
+- run: the run folder, relative to the current directory (else as given); for a group of several runs, their names
+  with the part where they differ replaced by ``*`` (runs/rmc_seed0/version_0, runs/rmc_seed1/version_0 ->
+  runs/rmc_seed*/version_0, a shell pattern that matches each of them);
 - core: the core's class (its ``class_path`` in ``hparams.yaml``, else in ``config.yaml``);
 - parameters: trainable parameters (``hparams.yaml``), "-" where the run does not record them;
+- n: the number of runs in the group;
 - steps: the largest step of any scalar; wall time: the time spent training (h:mm:ss), see below;
 - best validation metric: the best value of the metric the run reports as best in TensorBoard (``monitor`` and
   ``monitor_mode`` in ``hparams.yaml``, written by ``rrn_lightning.insight``: the checkpoints' monitored metric, else
@@ -17,9 +23,15 @@ before version_10). The table has one row per run:
   ``config.yaml``, else val/loss (lower is better); with its step;
 - test metric: the last value of that metric's ``test/`` counterpart (val/acc -> test/acc), logged by ``rrn test``.
 
-``--plot FILE.png`` draws, with Pillow alone, each run's validation metric against step and against wall time (minutes
-of training, on the clock below), one colour per run; runs that monitor different metrics get one row of panels per
-metric. ``plot_size`` gives the image's size.
+A group's steps, wall time, best and test metric are ``mean ± std (min-max)`` over its runs (std: the sample
+standard deviation, n-1), a value that all of them share shown once, the best without its step; ", k of n runs" where
+only k runs have a value.
+
+``--plot FILE.png`` draws, with Pillow alone, each group's validation metric against step and against wall time
+(minutes of training, on the clock below), one colour per group; groups that monitor different metrics get one row of
+panels per metric. A group of several runs is drawn as its mean at the steps that all its runs logged (no
+interpolation), in a band of the run colour, lighter, from their lowest to their highest value; against wall time, at
+the mean of its runs' minutes of training at that step. ``plot_size`` gives the image's size.
 
 Wall time leaves out the idle gaps between a run's processes (an interrupted run and its resumption, a fit and its
 `rrn test`): it is the sum, over the run's event files, of each file's span, the last minus the first wall time of that
@@ -39,11 +51,15 @@ the resumed file's first.
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import logging
 import math
+import os
 import re
+import statistics
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.png",
         help="also draw the validation curves, against step and against wall time, into this PNG file",
     )
+    parser.add_argument(
+        "--no-group",
+        action="store_true",
+        help="one row and one curve per run, instead of one per group of runs that differ only in their seed",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- reading runs
@@ -118,6 +139,7 @@ class Run:
     mode: str = DEFAULT_MODE  # "max" or "min"
     core: str | None = None
     parameters: int | None = None
+    experiment: str | None = None  # what its seeds share (``experiment_key``); None without a config.yaml
 
     def _all_points(self) -> Iterable[Point]:
         return (point for points in self.scalars.values() for point in points)
@@ -216,7 +238,36 @@ def read_run(path: Path, name: str | None = None) -> Run:
         mode=mode,
         core=_core_name(hparams, config),
         parameters=parameters if isinstance(parameters, int) and not isinstance(parameters, bool) else None,
+        experiment=experiment_key(config),
     )
+
+
+# Keys of config.yaml that name, place or resume a run rather than say what it trains: seeds of one experiment may
+# differ in them (``--run_name seed$SEED``) and in SEED_KEY. The data modules' own seeds (train_seed, ...) are not
+# among them: they choose the data, and runs on other data are another experiment.
+SEED_KEY = "seed_everything"
+RUN_KEYS = ("run_name", "ckpt_path", "allow_fresh_start", "trainer.default_root_dir", "checkpoint.dirpath")
+LOGGER_RUN_KEYS = ("save_dir", "name", "version", "sub_dir", "purge_step")
+"""Keys under the init_args of ``trainer.logger`` (or of each logger in a list) that name or place a run."""
+
+
+def experiment_key(config: dict[str, Any]) -> str | None:
+    """What runs of one experiment share: the config without SEED_KEY, RUN_KEYS and the loggers' LOGGER_RUN_KEYS,
+    as canonical JSON (equal configs, equal keys); None for an empty config (a run without a readable config.yaml)."""
+    if not config:
+        return None
+    config = copy.deepcopy(config)
+    for dotted in (SEED_KEY, *RUN_KEYS):
+        *parents, key = dotted.split(".")
+        owner = _dig(config, *parents)
+        if isinstance(owner, dict):
+            owner.pop(key, None)
+    loggers = _dig(config, "trainer", "logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = _dig(logger, "init_args")
+        for key in LOGGER_RUN_KEYS if isinstance(init_args, dict) else ():
+            init_args.pop(key, None)
+    return json.dumps(config, sort_keys=True, default=str)
 
 
 def read_scalars(path: Path) -> dict[str, list[Point]]:
@@ -312,9 +363,51 @@ def _shown_name(path: Path) -> str:
         return str(path)
 
 
+# ---------------------------------------------------------------------------------------------- groups of seeds
+@dataclass
+class Group:
+    """Runs that differ only in their seed, in the order found (or one run alone): one row, one curve."""
+
+    name: str  # as shown: the run's name, or the runs' names with the part where they differ replaced by *
+    runs: list[Run]
+
+    @property
+    def metric(self) -> str:  # the same for every run: grouping asks for it
+        return self.runs[0].metric
+
+    @property
+    def mode(self) -> str:
+        return self.runs[0].mode
+
+
+def group_runs(runs: Sequence[Run], group: bool = True) -> list[Group]:
+    """The runs in groups of equal ``experiment`` and metric, in order of each group's first run; with ``group``
+    false, or for runs without a config, each run is a group of its own."""
+    groups: dict[Any, list[Run]] = {}
+    for index, run in enumerate(runs):
+        key = (run.experiment, run.metric, run.mode) if group and run.experiment is not None else index
+        groups.setdefault(key, []).append(run)
+    return [Group(group_name([run.name for run in members]), members) for members in groups.values()]
+
+
+def group_name(names: Sequence[str]) -> str:
+    """One name as is; several as their common start and end with ``*`` between them, neither cutting into a
+    number (runs/seed2/version_0, runs/seed12/version_0 -> runs/seed*/version_0, not runs/seed*2/version_0)."""
+    if len(names) == 1:
+        return names[0]
+    start = os.path.commonprefix(list(names))
+    if any(name[len(start) :][:1].isdigit() for name in names):
+        start = re.sub(r"\d+$", "", start)
+    rests = [name[len(start) :] for name in names]
+    end = os.path.commonprefix([rest[::-1] for rest in rests])[::-1]
+    if any(rest[: len(rest) - len(end)][-1:].isdigit() for rest in rests):
+        end = re.sub(r"^\d+", "", end)
+    return f"{start}*{end}"
+
+
 # ---------------------------------------------------------------------------------------------- the table
-COLUMNS = ("run", "core", "parameters", "steps", "wall time", "best validation metric", "test metric")
-RIGHT_ALIGNED = {"parameters", "steps", "wall time"}
+COLUMNS = ("run", "core", "parameters", "n", "steps", "wall time", "best validation metric", "test metric")
+RIGHT_ALIGNED = {"parameters", "n", "steps", "wall time"}
 
 
 def format_duration(seconds: float) -> str:
@@ -324,25 +417,60 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
-def table_row(run: Run) -> list[str]:
-    """A run's cells, in the order of COLUMNS."""
-    best, test = run.best, run.test
-    wall_seconds = run.wall_seconds
+def table_row(group: Group) -> list[str]:
+    """A group's cells, in the order of COLUMNS: a run alone shows its own values, several runs their spread."""
+    if len(group.runs) == 1:
+        run = group.runs[0]
+        best, test, wall_seconds = run.best, run.test, run.wall_seconds
+        return [
+            group.name,
+            run.core or MISSING,
+            MISSING if run.parameters is None else f"{run.parameters:,}",
+            "1",
+            MISSING if run.steps is None else str(run.steps),
+            MISSING if wall_seconds is None else format_duration(wall_seconds),
+            MISSING if best is None else f"{run.metric} {best.value:.4f} (step {best.step})",
+            MISSING if test is None else f"{run.test_metric} {test.value:.4f}",
+        ]
+    runs, first = group.runs, group.runs[0]
+
+    def metric(name: str | None, values: list[float | None]) -> str:
+        summary = spread(values, "{:.4f}".format)
+        return summary if summary == MISSING else f"{name} {summary}"
+
     return [
-        run.name,
-        run.core or MISSING,
-        MISSING if run.parameters is None else f"{run.parameters:,}",
-        MISSING if run.steps is None else str(run.steps),
-        MISSING if wall_seconds is None else format_duration(wall_seconds),
-        MISSING if best is None else f"{run.metric} {best.value:.4f} (step {best.step})",
-        MISSING if test is None else f"{run.test_metric} {test.value:.4f}",
+        group.name,
+        first.core or MISSING,
+        spread([run.parameters for run in runs], "{:,.0f}".format),
+        str(len(runs)),
+        spread([run.steps for run in runs], "{:.0f}".format),
+        spread([run.wall_seconds for run in runs], format_duration),
+        metric(first.metric, [best.value if (best := run.best) else None for run in runs]),
+        metric(first.test_metric, [test.value if (test := run.test) else None for run in runs]),
     ]
 
 
-def format_table(runs: Sequence[Run]) -> str:
-    """The runs as a Markdown table, its columns padded to line up as plain text too."""
-    rows = [[cell.replace("|", r"\|") for cell in table_row(run)] for run in runs]
-    widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(COLUMNS)]
+def spread(values: Sequence[float | None], show: Callable[[float], str]) -> str:
+    """``mean ± std (min-max)`` of the values that are not None (std: the sample standard deviation, n-1), each
+    number written by ``show``; one value, or one that all share, is written once; ", k of n runs" where only k of
+    the n values are given; "-" where none is."""
+    given = [value for value in values if value is not None]
+    if not given:
+        return MISSING
+    low, high = min(given), max(given)
+    if low == high:
+        text = show(low)
+    else:
+        mean, std = statistics.fmean(given), statistics.stdev(given)
+        text = f"{show(mean)} ± {show(std)} ({show(low)}-{show(high)})"
+    return text if len(given) == len(values) else f"{text}, {len(given)} of {len(values)} runs"
+
+
+def format_table(groups: Sequence[Group]) -> str:
+    """The groups as a Markdown table, its columns padded to line up as plain text too."""
+    rows = [[cell.replace("|", r"\|") for cell in table_row(group)] for group in groups]
+    # At least 3: a rule cell needs a dash besides its colon ("--:") for Markdown to read the table.
+    widths = [max(3, len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(COLUMNS)]
 
     def line(cells: Sequence[str]) -> str:
         padded = (
@@ -372,43 +500,110 @@ AXIS, GRID, TEXT = (60, 60, 60), (225, 225, 225), (20, 20, 20)
 MARKED_POINTS = 50  # series of at most this many points also get a dot at each point
 
 
+BAND_ALPHA = 64
+"""Opacity (of 255) of a group's band, in its run colour: the white, the grid and other bands show through it."""
+
+
 def plot_size(metrics: int, runs: int) -> tuple[int, int]:
-    """(width, height) in pixels of the plot of ``runs`` runs monitoring ``metrics`` different metrics."""
+    """(width, height) in pixels of the plot of ``runs`` groups (rows of the table: a legend row each) monitoring
+    ``metrics`` different metrics."""
     return 2 * PANEL_WIDTH, metrics * PANEL_HEIGHT + 2 * LEGEND_MARGIN + runs * LEGEND_ROW_HEIGHT
 
 
 def run_colour(index: int) -> tuple[int, int, int]:
-    """The colour of the index-th run in the plot (the palette repeats past six runs)."""
+    """The colour of the index-th group in the plot (the palette repeats past six)."""
     return PALETTE[index % len(PALETTE)]
 
 
-def plot_runs(runs: Sequence[Run], path: str | Path) -> Path:
-    """Draw the runs' validation curves into the PNG file ``path`` (its folders are created) and return the path."""
+BandPoint = tuple[float, float, float]  # (x, lowest value, highest value)
+
+
+class Curve(NamedTuple):
+    """One line of a panel: its colour, its (x, y) points and, for a group of runs, its band of (x, low, high)."""
+
+    colour: tuple[int, int, int]
+    points: list[tuple[float, float]]
+    band: Sequence[BandPoint] = ()
+
+
+class GroupPoint(NamedTuple):
+    """A group's values at one step that all its runs logged."""
+
+    step: int
+    minutes: float | None  # the mean of its runs' minutes of training there; None where one has no clock
+    mean: float
+    low: float
+    high: float
+
+
+def group_curve(group: Group, metric: str) -> list[GroupPoint]:
+    """The mean, lowest and highest value of ``metric`` at each step that every run of the group which logged it
+    logged too (no interpolation: seeds of one config log at the same steps); all three NaN where a value is NaN."""
+    series = [(run, {p.step: p for p in run.scalars.get(metric, [])}) for run in group.runs]
+    series = [(run, points) for run, points in series if points]
+    shared = set.intersection(*(set(points) for _, points in series)) if series else set()
+    curve = []
+    for step in sorted(shared):
+        values = [points[step].value for _, points in series]
+        times = [run.elapsed(points[step].wall_time) for run, points in series]
+        finite = all(math.isfinite(value) for value in values)
+        mean, low, high = (statistics.fmean(values), min(values), max(values)) if finite else (math.nan,) * 3
+        minutes = None if None in times else statistics.fmean(times) / 60
+        curve.append(GroupPoint(step, minutes, mean, low, high))
+    return curve
+
+
+def plot_groups(groups: Sequence[Group], path: str | Path) -> Path:
+    """Draw the groups' validation curves into the PNG file ``path`` (its folders are created) and return the path:
+    a run alone as its points, several runs as their mean in a band from lowest to highest (``group_curve``)."""
     from PIL import Image, ImageDraw
 
     path = Path(path)
-    metrics = list(dict.fromkeys(run.metric for run in runs))  # in order of first appearance
-    image = Image.new("RGB", plot_size(len(metrics), len(runs)), "white")
+    metrics = list(dict.fromkeys(group.metric for group in groups))  # in order of first appearance
+    image = Image.new("RGB", plot_size(len(metrics), len(groups)), "white")
     draw = ImageDraw.Draw(image)
     font = _font()
+    curves = {}  # group index -> (against step, against wall time)
+    labels = []
+    for i, group in enumerate(groups):
+        colour, (run, *others) = run_colour(i), group.runs
+        if not others:
+            points = run.scalars.get(group.metric, [])
+            by_step = Curve(colour, [(p.step, p.value) for p in points])
+            curves[i] = by_step, Curve(colour, _minutes_of_training(run, points))
+            labels.append(group.name if points else f"{group.name} (no {group.metric} values)")
+            continue
+        curve = group_curve(group, group.metric)
+        timed = [point for point in curve if point.minutes is not None]
+        curves[i] = (
+            Curve(colour, [(p.step, p.mean) for p in curve], [(p.step, p.low, p.high) for p in curve]),
+            Curve(colour, [(p.minutes, p.mean) for p in timed], [(p.minutes, p.low, p.high) for p in timed]),
+        )
+        runs = len(group.runs)
+        labels.append(
+            f"{group.name} (mean of {runs} runs, band from lowest to highest)"
+            if curve
+            else f"{group.name} (no {group.metric} step that all {runs} runs logged)"
+        )
     for row, metric in enumerate(metrics):
-        members = [(run_colour(i), run) for i, run in enumerate(runs) if run.metric == metric]
-        better = "higher" if members[0][1].mode == "max" else "lower"
-        by_step = [(c, [(p.step, p.value) for p in run.scalars.get(metric, [])]) for c, run in members]
-        by_time = [(c, _minutes_of_training(run, run.scalars.get(metric, []))) for c, run in members]
+        members = [i for i, group in enumerate(groups) if group.metric == metric]
+        better = "higher" if groups[members[0]].mode == "max" else "lower"
         top = row * PANEL_HEIGHT
         title = f"{metric} against step ({better} is better)"
-        _draw_panel(image, draw, font, (0, top), (title, "step", metric), by_step)
+        _draw_panel(image, draw, font, (0, top), (title, "step", metric), [curves[i][0] for i in members])
         title = f"{metric} against wall time ({better} is better)"
         x_title = "wall time (minutes of training)"
+        by_time = [curves[i][1] for i in members]
         _draw_panel(image, draw, font, (PANEL_WIDTH, top), (title, x_title, metric), by_time)
 
-    # The legend: a stroke of each run's colour, then its name.
+    # The legend: a stroke of each group's colour (on its band's colour for a group of runs), then its name.
     top = len(metrics) * PANEL_HEIGHT + LEGEND_MARGIN
-    for i, run in enumerate(runs):
+    blend = ImageDraw.Draw(image, "RGBA")
+    for i, (group, label) in enumerate(zip(groups, labels, strict=True)):
         y = top + i * LEGEND_ROW_HEIGHT + LEGEND_ROW_HEIGHT // 2
+        if len(group.runs) > 1:
+            blend.rectangle([MARGIN_LEFT, y - 6, MARGIN_LEFT + 30, y + 6], fill=(*run_colour(i), BAND_ALPHA))
         draw.line([(MARGIN_LEFT, y), (MARGIN_LEFT + 30, y)], fill=run_colour(i), width=3)
-        label = run.name if run.scalars.get(run.metric) else f"{run.name} (no {run.metric} values)"
         _text(draw, font, (MARGIN_LEFT + 40, y), label, "lm")
 
     try:
@@ -447,7 +642,9 @@ def _tick_label(value: float, ticks: Sequence[float]) -> str:
 
 def _draw_panel(image, draw, font, origin: tuple[int, int], titles: tuple[str, str, str], curves) -> None:
     """One panel at ``origin`` (its top left corner): ``titles`` (panel, x axis, y axis), and ``curves``, a list of
-    (colour, [(x, y), ...]) drawn as lines."""
+    ``Curve``: their bands drawn see-through first, then their points as lines."""
+    from PIL import ImageDraw
+
     title, x_title, y_title = titles
     left, top = origin[0] + MARGIN_LEFT, origin[1] + MARGIN_TOP
     right, bottom = origin[0] + PANEL_WIDTH - MARGIN_RIGHT, origin[1] + PANEL_HEIGHT - MARGIN_BOTTOM
@@ -456,8 +653,9 @@ def _draw_panel(image, draw, font, origin: tuple[int, int], titles: tuple[str, s
     _text(draw, font, (centre_x, bottom + 36), x_title, "mm")
     _vertical_text(image, font, (origin[0] + 14, (top + bottom) // 2), y_title)
 
-    xs = [x for _, points in curves for x, _ in points]
-    ys = [y for _, points in curves for _, y in points if math.isfinite(y)]
+    xs = [x for curve in curves for x, _ in curve.points]
+    ys = [y for curve in curves for _, y in curve.points if math.isfinite(y)]
+    ys += [y for curve in curves for _, *ends in curve.band for y in ends if math.isfinite(y)]
     x_ticks = nice_ticks(min(xs, default=0.0), max(xs, default=1.0))
     y_ticks = nice_ticks(min(ys, default=0.0), max(ys, default=1.0))
 
@@ -479,15 +677,33 @@ def _draw_panel(image, draw, font, origin: tuple[int, int], titles: tuple[str, s
         _text(draw, font, (left - 7, py), _tick_label(y, y_ticks), "rm")
     draw.rectangle([left, top, right, bottom], outline=AXIS)
 
-    for colour, points in curves:
-        pixels = [to_pixels(x, y) for x, y in points if math.isfinite(y)]
+    blend = ImageDraw.Draw(image, "RGBA")  # fills with an alpha are blended into the image below them
+    for curve in curves:
+        for stretch in _finite_stretches(curve.band):
+            upper = [to_pixels(x, high) for x, _, high in stretch]
+            lower = [to_pixels(x, low) for x, low, _ in reversed(stretch)]
+            blend.polygon(upper + lower, fill=(*curve.colour, BAND_ALPHA))
+    for curve in curves:
+        pixels = [to_pixels(x, y) for x, y in curve.points if math.isfinite(y)]
         if len(pixels) > 1:
-            draw.line(pixels, fill=colour, width=2, joint="curve")
+            draw.line(pixels, fill=curve.colour, width=2, joint="curve")
         if len(pixels) <= MARKED_POINTS:
             for px, py in pixels:
-                draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+                draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=curve.colour)
     if not ys:
         _text(draw, font, (centre_x, (top + bottom) // 2), "no values logged", "mm", fill=AXIS)
+
+
+def _finite_stretches(band: Sequence[BandPoint]) -> Iterator[list[BandPoint]]:
+    """The band cut where it is not finite, in stretches of two points or more (what a polygon needs)."""
+    stretch: list[BandPoint] = []
+    for entry in [*band, (math.nan, math.nan, math.nan)]:  # the sentinel ends the last stretch
+        if all(math.isfinite(value) for value in entry):
+            stretch.append(entry)
+            continue
+        if len(stretch) > 1:
+            yield stretch
+        stretch = []
 
 
 def _text(draw, font, xy: tuple[float, float], text: str, anchor: str, fill=TEXT) -> None:
@@ -529,9 +745,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"--plot {args.plot!r} must name a .png file: the plot is a PNG image (e.g. --plot runs/compare.png)."
             )
         runs = [read_run(path, name) for path, name in find_runs(args.run_dirs)]
-        print(format_table(runs))
+        groups = group_runs(runs, group=not args.no_group)
+        print(format_table(groups))
         if args.plot is not None:
-            plot_runs(runs, args.plot)
+            plot_groups(groups, args.plot)
             print(f"wrote {args.plot}", file=sys.stderr)
     except ConfigurationError as error:
         print(f"rrn compare: error: {error}", file=sys.stderr)

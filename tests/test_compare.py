@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import pytest
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
-from PIL import Image
+from PIL import Image, ImageDraw
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
@@ -199,3 +200,157 @@ def test_options_also_build_on_the_rrn_parser():
     compare.add_arguments(parser)
     args = parser.parse_args(["runs/a", "runs/b", "--plot", "out.png"])
     assert (args.run_dirs, args.plot) == (["runs/a", "runs/b"], "out.png")
+
+
+# ---------------------------------------------------------------------------------------------- seeds
+def rrn_config(name: str, seed: int, lr: float) -> dict:
+    """A config.yaml as `rrn fit --seed_everything SEED --run_name NAME` saves it, cut to a few of its keys."""
+    logger = {"class_path": "rrn_lightning.runs.RunLogger", "init_args": {"save_dir": "runs", "name": name}}
+    core = {"class_path": "rrn_lightning.RelationalMemory", "init_args": {"mem_slots": 4}}
+    optimizer = {"class_path": "torch.optim.Adam", "init_args": {"lr": lr}}
+    return {
+        "seed_everything": seed,
+        "trainer": {"default_root_dir": "runs", "max_epochs": 3, "logger": logger},
+        "model": {
+            "class_path": "rrn_lightning.SequenceClassifier",
+            "init_args": {"core": core, "optimizer": optimizer},
+        },
+        "data": {"class_path": "datamodules.NthFarthestDataModule", "init_args": {"train_seed": 0}},
+        "run_name": name,
+        "checkpoint": {"dirpath": None, "monitor": "val/acc", "mode": "max"},
+        "ckpt_path": None,
+    }
+
+
+# (lr, seed) -> validation accuracies at steps 10, 20, 30 (..), and the test accuracy of a tested run.
+SEEDED = {
+    (0.001, 0): ([0.50, 0.62, 0.70], 0.69),
+    (0.001, 1): ([0.55, 0.66, 0.64], 0.65),
+    (0.001, 2): ([0.45, 0.60, 0.74, 0.72], 0.73),  # one validation more than the others, at step 40
+    (0.01, 0): ([0.20, 0.30, 0.35], 0.34),
+    (0.01, 1): ([0.25, 0.28, 0.33], None),
+}
+SEEDS, OTHER_LR = "runs/rmc_seed*/version_0", "runs/rmc_lr0.01_seed*/version_0"
+
+
+def seeded_run(lr: float, seed: int) -> str:
+    return f"runs/rmc_seed{seed}/version_0" if lr == 0.001 else f"runs/rmc_lr0.01_seed{seed}/version_0"
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory) -> Path:
+    """A folder holding runs/: three seeds of one config, two of a config with another lr (one tested, one not),
+    and two runs without a config.yaml."""
+    home = tmp_path_factory.mktemp("seeds")
+    for (lr, seed), (accuracies, test_acc) in SEEDED.items():
+        folder = home / seeded_run(lr, seed)
+        # Seed s takes 2 + s seconds a step.
+        fit = [("train/loss", 1, 1.0, 1000.0)]
+        fit += [
+            ("val/acc", 10 * (i + 1), acc, 1000.0 + 10 * (i + 1) * (2 + seed))
+            for i, acc in enumerate(accuracies)
+        ]
+        write_run(folder, [fit] + ([[("test/acc", 30, test_acc, 9000.0)]] if test_acc is not None else []))
+        config = rrn_config(folder.parent.name, seed, lr)
+        if seed == 2:  # resumed: `rrn fit --ckpt_path last` saved the checkpoint and the run's folder
+            config["ckpt_path"] = str(folder / "checkpoints" / "last.ckpt")
+            config["trainer"]["logger"]["init_args"].update(version=0, purge_step=31)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        (folder / "hparams.yaml").write_text(yaml.safe_dump({"parameters": 1234}))
+    for name in ("handmade_a", "handmade_b"):
+        write_run(
+            home / "runs" / name / "version_0", [[("val/loss", 5, 0.5, 10.0), ("val/loss", 9, 0.4, 20.0)]]
+        )
+    return home
+
+
+def spread(values: list[float], digits: int) -> str:
+    return (
+        f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} "
+        f"({min(values):.{digits}f}-{max(values):.{digits}f})"
+    )
+
+
+def test_seeds_of_one_config_are_one_row_with_their_mean_and_spread(seeds, monkeypatch, capsys):
+    monkeypatch.chdir(seeds)
+    assert compare.main(["runs"]) == 0
+    rows = table(capsys.readouterr().out)
+    # Configs that differ in lr stay apart; runs without a config.yaml are each their own row.
+    assert list(rows) == ["runs/handmade_a/version_0", "runs/handmade_b/version_0", OTHER_LR, SEEDS]
+    row = rows[SEEDS]
+    assert (row["core"], row["parameters"], row["n"]) == ("RelationalMemory", "1,234", "3")
+    # The numbers, from the event files.
+    runs = [seeds / seeded_run(0.001, seed) for seed in range(3)]
+    logged = [scalars(run) for run in runs]
+    best = [max(value for _, value in points["val/acc"]) for points in logged]
+    assert row["best validation metric"] == f"val/acc {spread(best, 4)}"
+    assert row["test metric"] == f"test/acc {spread([points['test/acc'][-1][1] for points in logged], 4)}"
+    steps = [max(step for tag in points.values() for step, _ in tag) for points in logged]
+    assert steps == [30, 30, 40]
+    assert row["steps"] == spread(steps, 0)
+    walls = [train_val_span(next(run.glob("events.out.tfevents.0*"))) for run in runs]
+    assert walls == [60.0, 90.0, 160.0]
+    mean, std = statistics.fmean(walls), statistics.stdev(walls)
+    durations = [compare.format_duration(s) for s in (mean, std, min(walls), max(walls))]
+    assert row["wall time"] == "{} ± {} ({}-{})".format(*durations)
+    # Only one run of the other lr was tested; a value all runs share is shown once.
+    other = rows[OTHER_LR]
+    assert (other["n"], other["steps"], other["parameters"]) == ("2", "30", "1,234")
+    assert (
+        other["test metric"]
+        == f"test/acc {scalars(seeds / seeded_run(0.01, 0))['test/acc'][-1][1]:.4f}, 1 of 2 runs"
+    )
+    # A run alone keeps its own row: its best with its step, n = 1.
+    alone = rows["runs/handmade_a/version_0"]
+    assert (alone["n"], alone["best validation metric"]) == ("1", "val/loss 0.4000 (step 9)")
+
+
+def test_no_group_shows_every_run(seeds, monkeypatch, capsys):
+    monkeypatch.chdir(seeds)
+    assert compare.main(["runs", "--no-group"]) == 0
+    rows = table(capsys.readouterr().out)
+    expected = ["runs/handmade_a/version_0", "runs/handmade_b/version_0"]
+    expected += [seeded_run(0.01, seed) for seed in range(2)] + [seeded_run(0.001, seed) for seed in range(3)]
+    assert list(rows) == expected
+    assert {row["n"] for row in rows.values()} == {"1"}
+    best = scalars(seeds / seeded_run(0.001, 1))["val/acc"][1]
+    assert rows[seeded_run(0.001, 1)]["best validation metric"] == f"val/acc {best[1]:.4f} (step {best[0]})"
+
+
+def test_group_curve_is_the_mean_at_the_steps_all_runs_logged(seeds):
+    runs = [compare.read_run(seeds / seeded_run(0.001, seed)) for seed in range(3)]
+    (group,) = compare.group_runs(runs)
+    assert group.name == str(seeds / SEEDS)
+    curve = compare.group_curve(group, "val/acc")
+    assert [point.step for point in curve] == [10, 20, 30]  # not 40: only seed 2 logged it
+    logged = [dict(scalars(run.path)["val/acc"]) for run in runs]  # step -> value, per run
+    for point in curve:
+        accuracies = [values[point.step] for values in logged]
+        assert (point.low, point.high) == (min(accuracies), max(accuracies))
+        assert point.mean == pytest.approx(statistics.fmean(accuracies))
+        # Minutes of training: seed s at step k has trained k (2 + s) seconds.
+        assert point.minutes == pytest.approx(statistics.fmean(point.step * (2 + s) for s in range(3)) / 60)
+
+
+def band_tint(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """What a band of this run colour looks like over white."""
+    swatch = Image.new("RGB", (1, 1), "white")
+    ImageDraw.Draw(swatch, "RGBA").rectangle([0, 0, 0, 0], fill=(*colour, compare.BAND_ALPHA))
+    return swatch.getpixel((0, 0))
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_plot_draws_a_group_as_its_mean_in_a_band(seeds, monkeypatch, capsys, grouped):
+    monkeypatch.chdir(seeds)
+    assert compare.main(["runs", "--plot", "seeds.png", *([] if grouped else ["--no-group"])]) == 0
+    with Image.open(seeds / "seeds.png") as image:
+        assert image.format == "PNG"
+        assert image.size == compare.plot_size(metrics=2, runs=4 if grouped else 7)
+        counts = {colour: count for count, colour in image.convert("RGB").getcolors(maxcolors=1 << 20)}
+    # The two groups (of lr 0.01 and 0.001) are the third and fourth: their lines, and their bands, lighter.
+    tints = [counts.get(band_tint(compare.run_colour(i)), 0) for i in (2, 3)]
+    assert {compare.run_colour(2), compare.run_colour(3)} <= set(counts)
+    if grouped:
+        assert min(tints) > 2000
+    else:
+        assert tints == [0, 0]
