@@ -39,7 +39,7 @@ def train(precision: str, core_name: str, steps: int, seed: int = 0) -> dict:
     params = [*core.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3)
     data = torch.Generator().manual_seed(seed)
-    val_x, val_y = make_nth_farthest(4096, K, Fe, torch.Generator().manual_seed(1))
+    val_x, val_y, _, _ = make_nth_farthest(4096, K, Fe, torch.Generator().manual_seed(1))
 
     def cast():
         if precision == "bf16":
@@ -49,7 +49,7 @@ def train(precision: str, core_name: str, steps: int, seed: int = 0) -> dict:
     losses = []
     start = time.perf_counter()
     for _ in range(steps):
-        x, y = make_nth_farthest(256, K, Fe, data)
+        x, y, _, _ = make_nth_farthest(256, K, Fe, data)
         with cast():
             outs, _ = core(x)
             logits = head(outs[:, -1])

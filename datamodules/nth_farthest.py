@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from rrn_lightning.common import ClassificationBatch, ConfigurationError, ExampleText, check_positive_ints
 
 from ._resumable import SeededBatches, rank_of, training_loader
 
 __all__ = ["NthFarthestDataModule", "make_nth_farthest"]
+
+Presentation = Literal["sequence", "set"]
 
 
 def _ordinal(k: int) -> str:
@@ -25,8 +29,9 @@ def make_nth_farthest(
 ) -> ClassificationBatch:
     """Draw ``num_examples`` Nth-farthest problems; see ``NthFarthestDataModule`` for the encoding.
 
-    Returns ``inputs [num_examples, K, F + 3K]`` (float32, one row per time step) and ``labels [num_examples]``
-    (int64, the id of the n-th farthest vector from vector m, 0-based: n = 0 is the farthest, n = K-1 is m itself).
+    Returns ``inputs [num_examples, K, F + 3K]`` (float32, one row per vector, in random order), ``labels
+    [num_examples]`` (int64, the id of the n-th farthest vector from vector m, 0-based: n = 0 is the farthest,
+    n = K-1 is m itself) and ``groups`` = n ``[num_examples]``, which evaluation reports accuracy by.
     """
     B, K, Fe = num_examples, num_vectors, num_features
     vectors = torch.rand(B, K, Fe, generator=generator) * 2.0 - 1.0  # [B, K, F], uniform in [-1, 1)
@@ -43,7 +48,25 @@ def make_nth_farthest(
     inputs = torch.cat([vectors, ids, n_hot, m_hot], dim=-1)  # [B, K, F + 3K]
     shuffle = torch.rand(B, K, generator=generator).argsort(dim=-1)  # [B, K]: a random order of the rows
     inputs = inputs.gather(1, shuffle[:, :, None].expand_as(inputs))
-    return ClassificationBatch(inputs.contiguous(), labels)
+    return ClassificationBatch(inputs.contiguous(), labels, groups=n)
+
+
+class _Examples(Dataset):
+    """The examples of one fixed ``ClassificationBatch``, one by one; ``collate`` stacks them back."""
+
+    def __init__(self, batch: ClassificationBatch) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return self.batch.labels.shape[0]
+
+    def __getitem__(self, index: int) -> ClassificationBatch:
+        return ClassificationBatch(*(None if field is None else field[index] for field in self.batch))
+
+    @staticmethod
+    def collate(items: list[ClassificationBatch]) -> ClassificationBatch:
+        fields = zip(*items, strict=True)
+        return ClassificationBatch(*(None if f[0] is None else torch.stack(f) for f in fields))
 
 
 class NthFarthestDataModule(LightningDataModule):
@@ -65,13 +88,24 @@ class NthFarthestDataModule(LightningDataModule):
 
     Sonnet's generator counts "n-th nearest" instead; the two are the same task with n relabelled as K - 1 - n.
 
+    ``presentation`` says how the core reads an example. ``"sequence"`` (the paper's): one vector per time step,
+    K steps, inputs ``[B, K, F + 3K]``. ``"set"``: all K rows at every one of ``set_steps`` steps, inputs
+    ``[B, set_steps, K, F + 3K]``, for a core built with ``input_rows=K`` (Sonnet's ``treat_input_as_matrix``;
+    ``LSTMCore`` flattens the K rows of a step). The set takes the remembering out of the task and leaves the
+    comparing; ``benchmarks/RESULTS.md`` ("Nth farthest: what held both cores at 50%") says why the quick start
+    uses it.
+
+    Every batch carries n as its ``groups``, so ``SequenceClassifier`` reports validation and test accuracy per n
+    (``val/acc_by_group/0`` for "the farthest", ..., ``K-1`` for "m itself").
+
     Training batches are drawn on the fly, each epoch from a generator seeded by ``train_seed``, the epoch and
     (under DDP) the rank, so every step sees new problems, ranks never repeat each other, and a resumed run draws
-    what the uninterrupted run would have, also from the middle of an epoch. ``batches_per_epoch`` sets the epoch length. Validation and test sets are
-    fixed by ``val_seed`` and ``test_seed``. ``batch_size`` is per device.
+    what the uninterrupted run would have, also from the middle of an epoch. ``batches_per_epoch`` sets the epoch
+    length. Validation and test sets are fixed by ``val_seed`` and ``test_seed``. ``batch_size`` is per device.
 
     Args:
-        num_vectors: Vectors per example (K); also the sequence length and the number of classes.
+        num_vectors: Vectors per example (K); also the number of classes, and the sequence length when
+            ``presentation="sequence"``.
         num_features: Features per vector (F).
         batch_size: Examples per batch (per device).
         batches_per_epoch: Training batches in one epoch.
@@ -80,6 +114,8 @@ class NthFarthestDataModule(LightningDataModule):
         train_seed: Seed of the training stream.
         val_seed: Seed of the validation set.
         test_seed: Seed of the test set.
+        presentation: ``"sequence"`` (one vector per step, the paper's) or ``"set"`` (all vectors at every step).
+        set_steps: Steps of a ``"set"`` example (each reads all K vectors); ignored for ``"sequence"``.
     """
 
     def __init__(
@@ -93,6 +129,8 @@ class NthFarthestDataModule(LightningDataModule):
         train_seed: int = 0,
         val_seed: int = 1,
         test_seed: int = 2,
+        presentation: Presentation = "sequence",
+        set_steps: int = 1,
     ) -> None:
         super().__init__()
         check_positive_ints(
@@ -103,7 +141,13 @@ class NthFarthestDataModule(LightningDataModule):
             batches_per_epoch=batches_per_epoch,
             val_size=val_size,
             test_size=test_size,
+            set_steps=set_steps,
         )
+        if presentation not in ("sequence", "set"):
+            raise ConfigurationError(
+                f"NthFarthestDataModule: presentation must be 'sequence' (one vector per step) or 'set' (all "
+                f"vectors at every step), got presentation={presentation!r}."
+            )
         if num_vectors < 2:
             raise ConfigurationError(
                 f"NthFarthestDataModule: num_vectors must be at least 2 for the task to mean anything, "
@@ -119,7 +163,9 @@ class NthFarthestDataModule(LightningDataModule):
         self.train_seed = train_seed
         self.val_seed = val_seed
         self.test_seed = test_seed
-        self._eval_sets: dict[str, TensorDataset] = {}
+        self.presentation = presentation
+        self.set_steps = set_steps
+        self._eval_sets: dict[str, _Examples] = {}
 
     @property
     def input_size(self) -> int:
@@ -130,19 +176,27 @@ class NthFarthestDataModule(LightningDataModule):
     def num_classes(self) -> int:
         return self.num_vectors
 
-    def _eval_set(self, split: str) -> TensorDataset:
+    def _eval_set(self, split: str) -> _Examples:
         if split not in self._eval_sets:
             size, seed = (
                 (self.val_size, self.val_seed) if split == "val" else (self.test_size, self.test_seed)
             )
             generator = torch.Generator().manual_seed(seed)
-            self._eval_sets[split] = TensorDataset(
-                *make_nth_farthest(size, self.num_vectors, self.num_features, generator)
+            self._eval_sets[split] = _Examples(
+                self._present(make_nth_farthest(size, self.num_vectors, self.num_features, generator))
             )
         return self._eval_sets[split]
 
+    def _present(self, batch: ClassificationBatch) -> ClassificationBatch:
+        if self.presentation == "sequence":
+            return batch
+        inputs = batch.inputs[:, None].expand(-1, self.set_steps, -1, -1)  # [B, S, K, F + 3K]
+        return batch._replace(inputs=inputs.contiguous())
+
     def _draw(self, generator: torch.Generator) -> ClassificationBatch:
-        return make_nth_farthest(self.batch_size, self.num_vectors, self.num_features, generator)
+        return self._present(
+            make_nth_farthest(self.batch_size, self.num_vectors, self.num_features, generator)
+        )
 
     def train_dataloader(self) -> DataLoader:
         # Generation is a few vectorised tensor ops per batch: worker processes would cost more than they save.
@@ -151,10 +205,10 @@ class NthFarthestDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._eval_set("val"), batch_size=self.batch_size)
+        return DataLoader(self._eval_set("val"), batch_size=self.batch_size, collate_fn=_Examples.collate)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self._eval_set("test"), batch_size=self.batch_size)
+        return DataLoader(self._eval_set("test"), batch_size=self.batch_size, collate_fn=_Examples.collate)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
@@ -164,14 +218,18 @@ class NthFarthestDataModule(LightningDataModule):
     ) -> ExampleText:
         """``DescribesExamples``: each step labelled by the id of the vector read there (rows come shuffled), and
         the question, the vectors by id, the answer and the model's."""
-        inputs, labels = batch[0][index].float().cpu(), batch[1][index]  # [K, F + 3K], []
+        inputs, labels = batch[0][index].float().cpu(), batch[1][index]  # [K, F + 3K] or [S, K, F + 3K], []
         K, Fe = self.num_vectors, self.num_features
-        ids = inputs[:, Fe : Fe + K].argmax(-1).tolist()  # [K]: the id of the vector at each step
-        n, m = int(inputs[0, Fe + K : Fe + 2 * K].argmax()), int(inputs[0, Fe + 2 * K :].argmax())
-        by_id = sorted(zip(ids, inputs[:, :Fe].tolist(), strict=True))
+        rows = inputs if inputs.dim() == 2 else inputs[0]  # [K, F + 3K]: a set's steps all read the same rows
+        ids = rows[:, Fe : Fe + K].argmax(-1).tolist()  # [K]: the id of each row
+        n, m = int(rows[0, Fe + K : Fe + 2 * K].argmax()), int(rows[0, Fe + 2 * K :].argmax())
+        by_id = sorted(zip(ids, rows[:, :Fe].tolist(), strict=True))
         lines = [f"which vector is the {_ordinal(n + 1)} farthest from v{m}? (n={n}, m={m}, 0-based)"]
         lines += [f"v{i}: (" + ", ".join(f"{x:+.2f}" for x in vector) + ")" for i, vector in by_id]
         answer = f"answer v{int(labels)}"
         if prediction is not None:
             answer += f", model v{int(prediction)}"
-        return ExampleText([f"v{i}" for i in ids], [*lines, answer])
+        steps = (
+            [f"v{i}" for i in ids] if inputs.dim() == 2 else [f"all {s + 1}" for s in range(inputs.shape[0])]
+        )
+        return ExampleText(steps, [*lines, answer])

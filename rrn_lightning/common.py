@@ -68,10 +68,14 @@ PAD_ID = 0
 # ---------------------------------------------------------------------------------------------- batches
 class ClassificationBatch(NamedTuple):
     """A batch of sequence classification (``NthFarthestDataModule``; ``SequenceClassifier`` reads it). A plain
-    tuple ``(inputs, labels, lengths [B])`` gives padded sequences their lengths."""
+    tuple ``(inputs, labels)`` or ``(inputs, labels, lengths)`` is read the same way."""
 
     inputs: Tensor  # [B, T, D] float
     labels: Tensor  # [B] int64 class ids
+    lengths: Tensor | None = None  # [B] int64: the real steps of padded sequences; None when none is padded
+    # [B] int64 >= 0: a group per example, which evaluation reports accuracy by (``val/acc_by_group/<g>``);
+    # Nth farthest's is n, so that group 0 holds the "which is the farthest?" questions. None for none.
+    groups: Tensor | None = None
 
 
 class Seq2SeqBatch(NamedTuple):

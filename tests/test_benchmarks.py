@@ -1,6 +1,7 @@
 """The speed benchmark runs end to end (a smoke test: no timing is asserted)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -100,7 +101,37 @@ def test_fit_matrix_dry_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     (fit,) = report["fits"]
-    assert fit["exit"] == 0 and fit["finite"] and set(fit["val"]) == {"val/loss", "val/acc"}
+    by_n = {f"val/acc_by_group/{n}" for n in range(4)}  # accuracy per n of the 4 vectors
+    assert fit["exit"] == 0 and fit["finite"] and set(fit["val"]) == {"val/loss", "val/acc", *by_n}
     (agreement,) = report["device_agreement"]
     assert agreement["largest_relative_difference"] == 0.0, agreement
     assert "skipped" in report["ddp"]
+
+
+def test_nth_farthest_diagnose_smoke():
+    """Each model of the diagnosis runs (a smoke test: nothing learnt is asserted) and reports the accuracy per n and
+    per position of m, and the shortcut's loss."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import nth_farthest_diagnose
+
+    for extra in (
+        ["--model", "rmc"],
+        ["--model", "lstm", "--presentation", "set"],
+        ["--model", "mlp", "--id-order"],
+    ):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "nth_farthest_diagnose.py"), "--steps", "2"]
+            + ["--eval-every", "1", "--val-size", "256", *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [line["step"] for line in lines if "step" in line] == [1, 2]
+        last = lines[-2]
+        assert len(last["acc_by_n"]) == len(last["acc_by_position_of_m"]) == 4
+        assert last["shortcut_loss"] == round(0.75 * math.log(3), 4)
+        assert "wall_seconds" in lines[-1]
+    # The LSTM baseline matches the RMC's core parameters as closely as a whole number of units can.
+    assert nth_farthest_diagnose.equal_lstm_units(63744, 64) == 97

@@ -307,7 +307,7 @@ def test_load_refuses_class_paths_outside_the_allowlist_before_importing(
 
 
 def test_a_trusted_file_loads_with_the_objects_passed_in(runs, tmp_path):
-    core = LSTMCore(input_size=16, hidden_size=8)
+    core = LSTMCore(input_size=16, hidden_size=8, input_rows=4)  # lstm_cpu.yaml's: each step reads the set
     bad_core = resave(
         runs.classifier, tmp_path / "core.ckpt", set_nested("core.class_path", "evil_probe.Evil")
     )

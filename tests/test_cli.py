@@ -3,6 +3,7 @@ checkpoints that load on their own, and bad configs fail with a readable message
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,7 @@ def test_fit_writes_tensorboard_and_a_checkpoint_that_loads_alone(tmp_path):
     }
     for (name, a), (_, b) in zip(cli.model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert name in metrics or torch.equal(a.cpu(), b.cpu()), name
-    x, _ = next(iter(cli.datamodule.val_dataloader()))
+    x = next(iter(cli.datamodule.val_dataloader())).inputs
     cli.model.eval()
     loaded.eval()
     torch.testing.assert_close(loaded(x), cli.model(x))
@@ -226,7 +227,26 @@ def test_predict_step_takes_tensors_or_tuples():
     assert bare["prediction"].shape == (5,) and bare["probabilities"].shape == (5, 4)
     with_labels = model.predict_step((x, torch.zeros(5, dtype=torch.long)), 0)
     assert torch.equal(bare["prediction"], with_labels["prediction"])
-    with pytest.raises(ValueError, match=r"a batch must be an inputs tensor or a tuple .* got dict"):
+    with pytest.raises(
+        ValueError, match=r"a batch must be an inputs tensor, a ClassificationBatch, or a tuple .* got dict"
+    ):
         model.predict_step({"x": x}, 0)
     with pytest.raises(ValueError, match=r"head_sizes must be a list of layer sizes"):
         SequenceClassifier(LSTMCore(16, 8), num_classes=4, head_sizes=256)
+
+
+def test_group_accuracy_per_group_and_none_without_groups():
+    from rrn_lightning.tasks.classification import GroupAccuracy
+
+    metric = GroupAccuracy()
+    metric.update(torch.tensor([1, 2, 3]), torch.tensor([1, 0, 3]), torch.tensor([0, 0, 2]))
+    metric.update(torch.tensor([0]), torch.tensor([0]), torch.tensor([2]))
+    assert {g: float(v) for g, v in metric.compute().items()} == {0: 0.5, 2: 1.0}  # no examples of group 1
+    # Batches without groups: nothing is logged per group, and no torchmetrics warning about compute before update.
+    model = SequenceClassifier(LSTMCore(16, 8), num_classes=4, head_sizes=[8])
+    model.log = lambda *args, **kwargs: None  # no Trainer here
+    model.validation_step((torch.randn(5, 4, 16), torch.zeros(5, dtype=torch.long)), 0)
+    model.log = lambda *args, **kwargs: pytest.fail(f"logged {args[0]}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.on_validation_epoch_end()

@@ -1,5 +1,6 @@
 """NthFarthestDataModule: encoding widths, labels against brute force, seeds and streams."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +21,7 @@ def decode(row_block: torch.Tensor, K: int, F: int):
 
 @pytest.mark.parametrize("K,F", [(2, 1), (4, 4), (8, 16), (5, 3)])
 def test_labels_agree_with_brute_force(K, F):
-    inputs, labels = make_nth_farthest(300, K, F, torch.Generator().manual_seed(K * 100 + F))
+    inputs, labels, _, groups = make_nth_farthest(300, K, F, torch.Generator().manual_seed(K * 100 + F))
     assert inputs.shape == (300, K, F + 3 * K) and inputs.dtype == torch.float32
     assert labels.shape == (300,) and labels.dtype == torch.int64
     for block, label in zip(inputs, labels.tolist(), strict=True):
@@ -38,10 +39,12 @@ def test_labels_agree_with_brute_force(K, F):
                 assert sorted(row[start : start + K].tolist()) == [0.0] * (K - 1) + [1.0]
         assert (block[:, F + K :] == block[0, F + K :]).all()
         assert all(-1.0 <= x <= 1.0 for v in vectors.values() for x in v)
+    # The groups that evaluation reports accuracy by are n, read back from the rows.
+    assert groups.tolist() == [decode(block, K, F)[1] for block in inputs]
 
 
 def test_rows_are_shuffled_and_questions_vary():
-    inputs, labels = make_nth_farthest(2000, 4, 4, torch.Generator().manual_seed(0))
+    inputs, labels, _, _ = make_nth_farthest(2000, 4, 4, torch.Generator().manual_seed(0))
     first_ids = inputs[:, 0, 4:8].argmax(-1)
     assert set(first_ids.tolist()) == {0, 1, 2, 3}
     assert set(labels.tolist()) == {0, 1, 2, 3}
@@ -64,8 +67,8 @@ def test_datamodule_sizes_and_fixed_eval_sets():
     loader = dm.train_dataloader()
     train = list(loader)
     assert len(train) == 3 and len(loader) == 3
-    x, y = train[0]
-    assert x.shape == (32, 4, 16) and y.shape == (32,)
+    x, y = train[0].inputs, train[0].labels
+    assert x.shape == (32, 4, 16) and y.shape == (32,) and train[0].groups.shape == (32,)
     # A new epoch (pass over the loader) draws new problems.
     again = list(loader)
     assert not torch.equal(again[0][0], train[0][0])
@@ -92,24 +95,50 @@ def test_training_stream_depends_on_seed_rank_and_epoch_only():
     assert not torch.equal(first_batch(small(train_seed=5)), first_batch(small(train_seed=6)))
     # Without a Trainer, each pass over the loader is a new epoch.
     loader = small(train_seed=5).train_dataloader()
-    epochs = [torch.cat([x for x, _ in loader]) for _ in range(3)]
+    epochs = [torch.cat([batch.inputs for batch in loader]) for _ in range(3)]
     assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
     # Under a Trainer the epoch and the rank come from it: a run resumed at epoch 2 draws what epoch 2 drew.
     resumed = small(train_seed=5)
     resumed.trainer = SimpleNamespace(global_rank=0, current_epoch=2)
-    assert torch.equal(torch.cat([x for x, _ in resumed.train_dataloader()]), epochs[2])
+    assert torch.equal(torch.cat([batch.inputs for batch in resumed.train_dataloader()]), epochs[2])
     other_rank = small(train_seed=5)
     other_rank.trainer = SimpleNamespace(global_rank=1, current_epoch=2)
-    assert not torch.equal(torch.cat([x for x, _ in other_rank.train_dataloader()]), epochs[2])
+    assert not torch.equal(torch.cat([batch.inputs for batch in other_rank.train_dataloader()]), epochs[2])
 
 
 @pytest.mark.parametrize(
     "kwargs,name",
-    [({"num_vectors": 1}, "num_vectors"), ({"batch_size": 0}, "batch_size"), ({"val_size": -3}, "val_size")],
+    [
+        ({"num_vectors": 1}, "num_vectors"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"val_size": -3}, "val_size"),
+        ({"set_steps": 0}, "set_steps"),
+        ({"presentation": "matrix"}, "presentation"),
+    ],
 )
 def test_bad_arguments(kwargs, name):
-    with pytest.raises(ValueError, match=f"{name}={next(iter(kwargs.values()))}"):
+    value = next(iter(kwargs.values()))
+    with pytest.raises(
+        ValueError, match=f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}"
+    ):
         NthFarthestDataModule(**kwargs)
+
+
+def test_set_presentation_gives_every_step_the_whole_set():
+    """``presentation="set"``: the same problems as the sequence, each step reading all K rows."""
+    sets = small(presentation="set", set_steps=3, val_size=10, test_size=10)
+    sequences = small(val_size=10, test_size=10)
+    batch, reference = next(iter(sets.val_dataloader())), next(iter(sequences.val_dataloader()))
+    assert batch.inputs.shape == (8, 3, 3, 2 + 3 * 3)  # [B, set_steps, K, F + 3K]
+    for step in range(3):
+        assert torch.equal(batch.inputs[:, step], reference.inputs)
+    assert torch.equal(batch.labels, reference.labels) and torch.equal(batch.groups, reference.groups)
+    training = next(iter(sets.train_dataloader()))
+    assert training.inputs.shape == (8, 3, 3, 11)
+    assert torch.equal(training.inputs[:, 0], next(iter(sequences.train_dataloader())).inputs)
+    text = sets.describe_example(batch, 0, None)
+    assert text.steps == ["all 1", "all 2", "all 3"]
+    assert text.lines == sequences.describe_example(reference, 0, None).lines
 
 
 def test_docstring_example_is_right():
@@ -128,11 +157,39 @@ def test_a_loader_resumes_mid_epoch_from_its_state():
     next(batches)
     state = loader.state_dict()
     assert state == {"epoch": 1, "batches": 1}
-    rest = [x for x, _ in batches]
+    rest = [batch.inputs for batch in batches]
     resumed_dm = small(train_seed=5, batches_per_epoch=4)
     resumed_dm.trainer = SimpleNamespace(global_rank=0, current_epoch=1)
     resumed = resumed_dm.train_dataloader()
     resumed.load_state_dict(state)
-    again = [x for x, _ in resumed]
+    again = [batch.inputs for batch in resumed]
     assert len(again) == len(rest) == 3 and all(torch.equal(a, b) for a, b in zip(again, rest, strict=True))
     assert len(list(resumed)) == 4  # the state applies to the one pass it was taken in
+
+
+@pytest.mark.parametrize("config", ["rmc_cpu.yaml", "lstm_cpu.yaml", "rmc_sequence_cpu.yaml"])
+def test_accuracy_per_n_adds_up_to_the_accuracy(tmp_path, config):
+    """A short seeded run reports validation accuracy per n (``val/acc_by_group/<n>``); weighted by how many
+    validation questions ask for each n, they give back ``val/acc``."""
+    from rrn_lightning.cli import cli_main
+
+    cli = cli_main(
+        [
+            "fit",
+            f"--config={Path(__file__).resolve().parents[1] / 'experiments' / 'nth_farthest' / config}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_steps=3",
+            "--trainer.val_check_interval=3",
+            "--trainer.check_val_every_n_epoch=null",
+            "--trainer.enable_progress_bar=false",
+            "--data.init_args.batch_size=16",
+            "--data.init_args.val_size=100",  # 7 batches, the last one short
+        ]
+    )
+    metrics = cli.trainer.callback_metrics
+    groups = torch.cat([batch.groups for batch in cli.datamodule.val_dataloader()])
+    counts = torch.bincount(groups, minlength=4)
+    assert counts.sum() == 100 and (counts > 0).all()
+    per_n = torch.stack([metrics[f"val/acc_by_group/{n}"] for n in range(4)])
+    assert ((per_n >= 0) & (per_n <= 1)).all()
+    assert torch.allclose((per_n * counts).sum() / 100, metrics["val/acc"], atol=1e-6)

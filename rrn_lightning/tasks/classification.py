@@ -8,6 +8,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.utilities import dim_zero_cat
 
 from ..common import ClassificationBatch, check_positive_ints
 from ..cores import RecurrentCore
@@ -17,29 +18,58 @@ from .base import Probe, Stage, TaskModule, mlp
 __all__ = ["SequenceClassifier"]
 
 
-def unpack_batch(batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """A batch is an inputs tensor, a ``ClassificationBatch`` ``(inputs, labels)``, or a tuple
-    ``(inputs, labels, lengths)`` for padded sequences."""
+def unpack_batch(batch) -> ClassificationBatch:
+    """A batch is an inputs tensor, a ``ClassificationBatch``, or a tuple ``(inputs, labels)`` or
+    ``(inputs, labels, lengths)`` of tensors; the fields it lacks are None."""
     if isinstance(batch, Tensor):
-        return batch, None, None
+        return ClassificationBatch(batch, None)
+    if isinstance(batch, ClassificationBatch):
+        return batch
     if isinstance(batch, tuple | list) and 1 <= len(batch) <= 3 and all(isinstance(b, Tensor) for b in batch):
         inputs, labels, lengths = (*batch, None, None)[:3]
-        return inputs, labels, lengths
+        return ClassificationBatch(inputs, labels, lengths)
     described = (
         f"{type(batch).__name__} of {len(batch)}" if isinstance(batch, tuple | list) else type(batch).__name__
     )
     raise ValueError(
-        f"SequenceClassifier: a batch must be an inputs tensor or a tuple (inputs, labels) or "
-        f"(inputs, labels, lengths) of tensors, got {described}."
+        f"SequenceClassifier: a batch must be an inputs tensor, a ClassificationBatch, or a tuple (inputs, labels) "
+        f"or (inputs, labels, lengths) of tensors, got {described}."
     )
+
+
+class GroupAccuracy(Metric):
+    """Accuracy per group of examples (``ClassificationBatch.groups``): ``compute()`` -> ``{group: accuracy}`` for
+    the groups seen. Keeps one (group, correct) pair per example, gathered across DDP ranks."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("groups", default=[], dist_reduce_fx="cat")
+        self.add_state("correct", default=[], dist_reduce_fx="cat")
+
+    def update(self, predictions: Tensor, labels: Tensor, groups: Tensor) -> None:
+        self.groups.append(groups.long().flatten())
+        self.correct.append((predictions == labels).flatten().float())
+
+    def compute(self) -> dict[int, Tensor]:
+        if isinstance(self.groups, list) and not self.groups:
+            return {}
+        # Lists of per-batch tensors, or one tensor each once gathered across ranks.
+        groups, correct = dim_zero_cat(self.groups), dim_zero_cat(self.correct)
+        totals = torch.bincount(groups)  # [G]
+        hits = torch.bincount(groups, weights=correct, minlength=totals.shape[0])  # [G]
+        return {g: hits[g] / totals[g] for g in range(totals.shape[0]) if totals[g] > 0}
 
 
 class SequenceClassifier(TaskModule):
     """Classify a sequence from the core's output at its last (real) step.
 
-    Batches are ``ClassificationBatch``es ``(inputs [B, T, ...], labels [B])``, or ``(inputs, labels, lengths [B])``
-    for padded sequences; ``predict`` also takes a bare inputs tensor and returns the predicted classes and their
-    probabilities. Logs ``{train,val,test}/loss`` and ``{train,val,test}/acc``.
+    Batches are ``ClassificationBatch``es ``(inputs [B, T, ...], labels [B], lengths [B] for padded sequences,
+    groups [B])`` or plain tuples ``(inputs, labels[, lengths])``; ``predict`` also takes a bare inputs tensor and
+    returns the predicted classes and their probabilities. Logs ``{train,val,test}/loss`` and
+    ``{train,val,test}/acc``, and where batches carry groups ``{val,test}/acc_by_group/<g>`` (Nth farthest: the
+    accuracy for each n).
 
     Args:
         core: The recurrent core, e.g. ``rrn_lightning.RelationalMemory`` or ``rrn_lightning.LSTMCore``
@@ -72,6 +102,8 @@ class SequenceClassifier(TaskModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_group_acc = GroupAccuracy()
+        self.test_group_acc = GroupAccuracy()
         self.persist_training_metrics()
 
     primary_metric = ("acc", "max")
@@ -80,11 +112,11 @@ class SequenceClassifier(TaskModule):
         return [self.train_loss, self.train_acc]
 
     def probe(self, batch: ClassificationBatch | tuple[Tensor, ...]) -> Probe:
-        inputs, _, lengths = unpack_batch(batch)
-        return Probe(inputs, lengths, self(inputs, lengths).argmax(-1))
+        batch = unpack_batch(batch)
+        return Probe(batch.inputs, batch.lengths, self(batch.inputs, batch.lengths).argmax(-1))
 
     def batch_counts(self, batch: ClassificationBatch | tuple[Tensor, ...]) -> tuple[str, int]:
-        return "examples", unpack_batch(batch)[0].shape[0]
+        return "examples", unpack_batch(batch).inputs.shape[0]
 
     def forward(self, inputs: Tensor, lengths: Tensor | None = None) -> Tensor:
         """inputs ``[B, T, ...]`` -> logits ``[B, num_classes]``."""
@@ -99,19 +131,36 @@ class SequenceClassifier(TaskModule):
     def shared_step(
         self, batch: ClassificationBatch | tuple[Tensor, ...], stage: Stage, batch_idx: int
     ) -> Tensor:
-        inputs, labels, lengths = unpack_batch(batch)
+        batch = unpack_batch(batch)
+        labels = batch.labels
         if labels is None:
             raise ValueError(f"SequenceClassifier: {stage} batches need labels: (inputs, labels[, lengths]).")
-        logits = self(inputs, lengths)
+        logits = self(batch.inputs, batch.lengths)
         loss = F.cross_entropy(logits.float(), labels)
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, labels)
         size = labels.shape[0]
         self.log_loss(stage, loss, size)
         self.log_metric(stage, "acc", accuracy, size, on_step=stage == "train")
+        if batch.groups is not None and stage != "train":
+            getattr(self, f"{stage}_group_acc").update(logits.argmax(-1), labels, batch.groups)
         return loss
 
+    def _log_group_accuracy(self, stage: Stage) -> None:
+        metric = getattr(self, f"{stage}_group_acc")
+        if metric.update_count == 0:  # batches without groups
+            return
+        for group, value in metric.compute().items():
+            self.log(f"{stage}/acc_by_group/{group}", value, sync_dist=True)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_group_accuracy("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_group_accuracy("test")
+
     def predict_step(self, batch: ClassificationBatch | Tensor, batch_idx: int) -> dict[str, Tensor]:
-        inputs, _, lengths = unpack_batch(batch)
-        probabilities = self(inputs, lengths).softmax(-1)
+        batch = unpack_batch(batch)
+        probabilities = self(batch.inputs, batch.lengths).softmax(-1)
         return {"prediction": probabilities.argmax(-1), "probabilities": probabilities}
