@@ -171,7 +171,11 @@ class RRNCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         name = config.run_name or _run_name(config.get("config"))
-        self._run_home = {"save_dir": config.trainer.default_root_dir, "name": name, "version": None}
+        # The logger's folder as an absolute path, as run_of_checkpoint gives it on a resume: the checkpoint
+        # callback's dirpath is then the same string in the run and in its resumption, so Lightning reloads the
+        # best-k tracking (it drops it when the dirpath differs, even a relative one for the same folder).
+        home = Path(config.trainer.default_root_dir).expanduser().resolve()
+        self._run_home = {"save_dir": str(home), "name": name, "version": None}
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
             found = latest_checkpoint(config.trainer.default_root_dir, name)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -304,6 +305,24 @@ def test_resume_last_without_a_checkpoint_fails_unless_asked_to_start(tmp_path, 
     assert not (tmp_path / "nth_farthest_rmc_cpu").exists()
     cli_main(["fit", *SMALL, root, "--ckpt_path=last", "--allow_fresh_start=true"])
     assert (tmp_path / "nth_farthest_rmc_cpu" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_resume_from_the_default_relative_root_keeps_best_checkpoint_tracking(tmp_path, monkeypatch):
+    """The README's commands from a working directory, with the default relative ``runs/``: the resumed run knows
+    its best checkpoint, so save_top_k=1 keeps one best file (Lightning drops the tracking when the checkpoint
+    folder's path is written differently, e.g. relative then absolute)."""
+    monkeypatch.chdir(tmp_path)
+    cli_main(["fit", *SMALL, "--trainer.max_epochs=2"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = cli_main(["fit", *SMALL, "--trainer.max_epochs=4", "--ckpt_path=last"])
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    folder = tmp_path / "runs" / "nth_farthest_rmc_cpu" / "version_0" / "checkpoints"
+    best = sorted(path.name for path in folder.glob("epoch*.ckpt"))
+    assert len(best) == 1, best
+    callback = cli.trainer.checkpoint_callback
+    assert Path(callback.best_model_path).name == best[0] and callback.best_model_score is not None
+    assert not (tmp_path / "runs" / "nth_farthest_rmc_cpu" / "version_1").exists()
 
 
 def test_fast_dev_run_writes_no_checkpoint(tmp_path):
