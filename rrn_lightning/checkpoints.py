@@ -148,6 +148,50 @@ def upgrade_class_paths(value: Any) -> Any:
     return value
 
 
+# Model arguments that say how a model trains or runs, not what it is: a checkpoint may be resumed or evaluated
+# with other values of them.
+NOT_ARCHITECTURE = frozenset({"optimizer", "lr_scheduler", "compile_step"})
+
+
+def architecture_differences(config_model: Mapping, hparams: Mapping) -> list[tuple[str, Any, Any]]:
+    """Where a checkpoint's model (its saved ``hparams``, as the ``rrn`` CLI records them) differs from the config's
+    ``model`` (``class_path`` and ``init_args``): ``(key, checkpoint value, config value)`` for the model's and the
+    core's class (compared by class name, moved paths upgraded) and every argument both give a value for, less
+    NOT_ARCHITECTURE. Under a class that differs nothing more is compared."""
+    saved = upgrade_class_paths(dict(hparams))
+    checkpoint_model = {
+        "class_path": saved.get("_class_path"),
+        "init_args": {k: v for k, v in saved.items() if not k.startswith("_")},
+    }
+    differences: list[tuple[str, Any, Any]] = []
+
+    def compare(key: str, ours: Any, theirs: Any) -> None:
+        if isinstance(ours, Mapping) and isinstance(theirs, Mapping):
+            if (
+                "class_path" in ours
+                and "class_path" in theirs
+                and ours["class_path"]
+                and theirs["class_path"]
+            ):
+                if str(ours["class_path"]).rpartition(".")[2] != str(theirs["class_path"]).rpartition(".")[2]:
+                    differences.append(
+                        (f"{key}.class_path".lstrip("."), ours["class_path"], theirs["class_path"])
+                    )
+                    return
+            for name in sorted(set(ours) & set(theirs)):
+                if name not in NOT_ARCHITECTURE and name != "class_path":
+                    compare(f"{key}.{name}", ours[name], theirs[name])
+        elif ours is not None and theirs is not None:
+            ours, theirs = (
+                list(v) if isinstance(v, tuple) else v for v in (ours, theirs)
+            )  # YAML has no tuples
+            if ours != theirs:
+                differences.append((key.lstrip("."), ours, theirs))
+
+    compare("", checkpoint_model, upgrade_class_paths(dict(config_model)))
+    return differences
+
+
 def check_hyperparameters(hparams: Mapping, source: str) -> None:
     """Refuse saved hyperparameters that name code outside the allowlist, before anything they name is imported.
 

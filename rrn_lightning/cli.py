@@ -34,7 +34,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from . import compare, generate
-from .checkpoints import check_checkpoint, upgrade_class_paths
+from .checkpoints import (
+    architecture_differences,
+    check_checkpoint,
+    saved_hyperparameters,
+    upgrade_class_paths,
+)
 from .common import ConfigurationError
 from .insight import Insight
 from .runs import NonFiniteLoss, NonFiniteLossError, RunCheckpoint, latest_checkpoint, run_of_checkpoint
@@ -204,7 +209,32 @@ class RRNCLI(LightningCLI):
                 else:  # the training run's config.yaml stays as it was
                     self.save_config_kwargs["config_filename"] = f"config_{subcommand}.yaml"
         if subcommand and checkpoint is not None:
+            self._refuse_another_architecture(ckpt_path, config.get("model"), checkpoint)
             self._config_from_checkpoint(subcommand, checkpoint)
+
+    def _refuse_another_architecture(self, ckpt_path: str, model: Namespace | None, checkpoint: dict) -> None:
+        """A checkpoint of another model than the config's (class, core or any architecture argument) ends the
+        command with one line naming the keys that differ, instead of silently replacing the config's model."""
+        hparams = saved_hyperparameters(checkpoint)
+        if not isinstance(model, Namespace) or "_class_path" not in hparams:
+            return
+        differences = architecture_differences(model.as_dict(), hparams)
+        if not differences:
+            return
+        shown = "; ".join(
+            f"model.{key}: {in_config!r} here, {in_checkpoint!r} in the checkpoint"
+            for key, in_checkpoint, in_config in differences[:4]
+        )
+        more = f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""
+        home = run_of_checkpoint(ckpt_path)
+        config_file = (
+            "" if home is None else f" ({Path(home[0], home[1], f'version_{home[2]}', 'config.yaml')})"
+        )
+        self.parser.exit(
+            2,
+            f"rrn: error: --ckpt_path {ckpt_path} holds another model than the config builds: {shown}{more}. Use "
+            f"the config the checkpoint was trained with{config_file}, or leave out --ckpt_path to start anew.\n",
+        )
 
     def _config_from_checkpoint(self, subcommand: str, checkpoint: dict) -> None:
         """LightningCLI's ``_parse_ckpt_path``, on the checked checkpoint: the model's saved hyperparameters

@@ -397,6 +397,8 @@ def test_a_checkpoint_of_another_kind_or_vocabulary_is_refused_by_the_cli(subcom
             f"--data.init_args.corpus={corpus}",
             "--data.init_args.batch_size=2",
             "--data.init_args.eval_batch_size=2",
+            "--model.init_args.core.init_args.input_size=8",  # the runs.lm fixture's core
+            "--model.init_args.core.init_args.hidden_size=8",
             *ONE_STEP,
         ]
 
@@ -411,6 +413,45 @@ def test_a_checkpoint_of_another_kind_or_vocabulary_is_refused_by_the_cli(subcom
     (smaller / "train.txt").write_text("four score and seven years ago\n")
     line = rrn_error([subcommand, *lm_args(smaller), f"--ckpt_path={runs.lm}"], capsys)
     assert f"--ckpt_path {runs.lm}" in line and "vocabulary" in line
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_a_checkpoint_of_another_architecture_than_the_config_is_refused(subcommand, runs, capsys):
+    """The config's model is not silently replaced by the checkpoint's: another core class, or another value of any
+    argument but the optimizer, the scheduler and compile_step, ends the command with one line naming the keys."""
+    rmc = [*CLASSIFIER_ARGS, f"--config={EXPERIMENTS / 'nth_farthest' / 'rmc_cpu.yaml'}"]
+    rmc.remove("--model.init_args.core.init_args.hidden_size=8")
+    line = rrn_error([subcommand, *rmc, f"--ckpt_path={runs.classifier}"], capsys)
+    assert line.startswith(
+        f"rrn: error: --ckpt_path {runs.classifier} holds another model than the config builds"
+    )
+    assert (
+        "model.init_args.core.class_path: 'rrn_lightning.RelationalMemory' here, 'rrn_lightning.LSTMCore'"
+        in line
+    )
+    assert line.endswith("Use the config the checkpoint was trained with, or leave out --ckpt_path to start anew.")
+    wider = [
+        *CLASSIFIER_ARGS,
+        "--model.init_args.core.init_args.hidden_size=9",
+        "--model.init_args.head_sizes=[8,8]",
+    ]
+    line = rrn_error([subcommand, *wider, f"--ckpt_path={runs.classifier}"], capsys)
+    assert "model.init_args.core.init_args.hidden_size: 9 here, 8 in the checkpoint" in line
+    assert "model.init_args.head_sizes: [8, 8] here, [8] in the checkpoint" in line
+
+
+def test_a_checkpoint_takes_another_optimizer_and_compile_setting(runs, tmp_path):
+    cli = cli_main(
+        [
+            "test",
+            *CLASSIFIER_ARGS,
+            f"--trainer.default_root_dir={tmp_path}",
+            "--model.init_args.optimizer.init_args.lr=0.5",
+            "--model.init_args.compile_step=false",
+            f"--ckpt_path={runs.classifier}",
+        ]
+    )
+    assert 0 <= cli.trainer.callback_metrics["test/acc"] <= 1
 
 
 def test_a_corpus_path_that_does_not_exist_is_named_and_nothing_is_created(tmp_path, capsys):
@@ -447,6 +488,8 @@ def test_a_checkpoint_naming_the_old_module_paths_loads_in_python_and_through_th
             f"--ckpt_path={old}",
             "--data.init_args.batch_size=8",
             "--data.init_args.val_size=8",
+            "--model.init_args.head_sizes=[8]",  # the fixture's architecture
+            "--model.init_args.core.init_args.hidden_size=8",
             f"--trainer.default_root_dir={tmp_path}",
             *ONE_STEP[1:],
         ]
