@@ -16,12 +16,14 @@ The table has one row per group:
 - core: the core's class (its ``class_path`` in ``hparams.yaml``, else in ``config.yaml``);
 - parameters: trainable parameters (``hparams.yaml``), "-" where the run does not record them;
 - n: the number of runs in the group;
-- steps: the largest step of any scalar; wall time: the time spent training (h:mm:ss), see below;
+- steps: optimizer steps taken, as checkpoints count them (the largest logged step plus one: Lightning logs what
+  follows step k at step k - 1); wall time: the time spent training (h:mm:ss), see below;
 - best validation metric: the best value of the metric the run reports as best in TensorBoard (``monitor`` and
   ``monitor_mode`` in ``hparams.yaml``, written by ``rrn_lightning.insight``: the checkpoints' monitored metric, else
   the task's own, e.g. val/ppl for a language model), else of ``checkpoint.monitor`` / ``checkpoint.mode`` in
-  ``config.yaml``, else val/loss (lower is better); with its step;
-- test metric: the last value of that metric's ``test/`` counterpart (val/acc -> test/acc), logged by ``rrn test``.
+  ``config.yaml``, else val/loss (lower is better); with its step, counted as checkpoints count it;
+- test metric: the last value of that metric's ``test/`` counterpart (val/acc -> test/acc), logged by ``rrn test``;
+  marked stale where the run trained on after it (a train/ or val/ value written later).
 
 A group's steps, wall time, best and test metric are ``mean ± std (min-max)`` over its runs (std: the sample
 standard deviation, n-1), a value that all of them share shown once, the best without its step; ", k of n runs" where
@@ -76,6 +78,7 @@ DESCRIPTION = (
 EVENT_FILES = "events.out.tfevents.*"
 # The scalars whose wall times make an event file's span: what fit and validate log (`rrn test` logs under test/).
 TIMED_PREFIXES = ("train/", "val/")
+STALE = " (stale: the run trained on after this test)"
 # What a run whose checkpoints monitor nothing is judged by (ModelCheckpoint's default mode).
 DEFAULT_METRIC, DEFAULT_MODE = "val/loss", "min"
 MISSING = "-"
@@ -162,7 +165,10 @@ class Run:
 
     @property
     def steps(self) -> int | None:
-        return max((p.step for p in self._all_points()), default=None)
+        """Optimizer steps taken, as checkpoints count them (``step=300``): Lightning logs what follows step k at
+        step k - 1, so this is the largest logged step plus one."""
+        last = max((p.step for p in self._all_points()), default=None)
+        return None if last is None else last + 1
 
     @property
     def best(self) -> Point | None:
@@ -178,6 +184,18 @@ class Run:
         """The latest test value (a run tested twice keeps its last result)."""
         points = self.scalars.get(self.test_metric or "", [])
         return points[-1] if points else None
+
+    @property
+    def test_is_stale(self) -> bool:
+        """Whether the run trained on after its latest test: a train/ or val/ value was written after it."""
+        test = self.test
+        trained = (
+            p.wall_time
+            for tag, points in self.scalars.items()
+            if tag.startswith(TIMED_PREFIXES)
+            for p in points
+        )
+        return test is not None and max(trained, default=-math.inf) > test.wall_time
 
 
 def best_point(points: Sequence[Point], mode: str) -> Point | None:
@@ -429,8 +447,10 @@ def table_row(group: Group) -> list[str]:
             "1",
             MISSING if run.steps is None else str(run.steps),
             MISSING if wall_seconds is None else format_duration(wall_seconds),
-            MISSING if best is None else f"{run.metric} {best.value:.4f} (step {best.step})",
-            MISSING if test is None else f"{run.test_metric} {test.value:.4f}",
+            MISSING if best is None else f"{run.metric} {best.value:.4f} (step {best.step + 1})",
+            MISSING
+            if test is None
+            else f"{run.test_metric} {test.value:.4f}{STALE if run.test_is_stale else ''}",
         ]
     runs, first = group.runs, group.runs[0]
 
@@ -446,7 +466,8 @@ def table_row(group: Group) -> list[str]:
         spread([run.steps for run in runs], "{:.0f}".format),
         spread([run.wall_seconds for run in runs], format_duration),
         metric(first.metric, [best.value if (best := run.best) else None for run in runs]),
-        metric(first.test_metric, [test.value if (test := run.test) else None for run in runs]),
+        metric(first.test_metric, [test.value if (test := run.test) else None for run in runs])
+        + stale_note([run.test_is_stale for run in runs]),
     ]
 
 
@@ -464,6 +485,12 @@ def spread(values: Sequence[float | None], show: Callable[[float], str]) -> str:
         mean, std = statistics.fmean(given), statistics.stdev(given)
         text = f"{show(mean)} ± {show(std)} ({show(low)}-{show(high)})"
     return text if len(given) == len(values) else f"{text}, {len(given)} of {len(values)} runs"
+
+
+def stale_note(stale: Sequence[bool]) -> str:
+    """What a group's test cell adds where some of its runs trained on after their test; "" where none did."""
+    count = sum(stale)
+    return f" (stale in {count} of {len(stale)} runs: trained on after the test)" if count else ""
 
 
 def format_table(groups: Sequence[Group]) -> str:

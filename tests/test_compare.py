@@ -77,11 +77,12 @@ def test_table_has_a_row_per_run_with_its_best_and_test_metric(home, monkeypatch
         logged = scalars(run)
         # The configs monitor val/acc, higher is better; the earliest of equal bests.
         best_step, best = max(logged["val/acc"], key=lambda sv: (sv[1], -sv[0]))
-        assert row["best validation metric"] == f"val/acc {best:.4f} (step {best_step})"
+        assert row["best validation metric"] == f"val/acc {best:.4f} (step {best_step + 1})"
         assert row["core"] == core
         parameters = yaml.safe_load((run / "hparams.yaml").read_text()).get("parameters")
         assert row["parameters"] == ("-" if parameters is None else f"{parameters:,}")
-        assert row["steps"] == str(max(step for points in logged.values() for step, _ in points))
+        # Steps as checkpoints count them: the largest logged step plus one.
+        assert row["steps"] == str(max(step for points in logged.values() for step, _ in points) + 1)
         # Wall time: the spans of the event files holding train/ or val/ scalars, each file read alone.
         spans = [span for events in run.glob("events.out.tfevents.*") if (span := train_val_span(events))]
         # The RMC run's second file, of `rrn test`, holds only test/ scalars: it adds nothing.
@@ -151,9 +152,9 @@ def test_resumed_runs_and_runs_without_a_monitor(tmp_path, capsys):
     rows = table(capsys.readouterr().out)
     lm, ppl = rows[str(tmp_path / "lm" / "version_0")], rows[str(tmp_path / "ppl" / "version_0")]
     # No monitor: val/loss, lower is better.
-    assert lm["best validation metric"] == "val/loss 0.2000 (step 40)"
+    assert lm["best validation metric"] == "val/loss 0.2000 (step 41)"
     # Wall time: the files' spans, 25 s and 125 s; the hour between them and the test file count nothing.
-    assert (lm["steps"], lm["wall time"], lm["core"], lm["parameters"]) == ("40", "0:02:30", "-", "-")
+    assert (lm["steps"], lm["wall time"], lm["core"], lm["parameters"]) == ("41", "0:02:30", "-", "-")
     assert lm["test metric"] == "test/loss 0.2500"
     # The plot's clock: the earlier files' spans plus the time since the point's own file began (995 s, 4600 s).
     lm_run = compare.read_run(lm_dir)
@@ -165,9 +166,28 @@ def test_resumed_runs_and_runs_without_a_monitor(tmp_path, capsys):
     ]
     # NaN or not, the time counts.
     assert compare.read_run(tmp_path / "ppl" / "version_0").wall_seconds == 10.0
-    assert ppl["best validation metric"] == "val/ppl 90.0000 (step 7)"  # NaN never wins
+    assert ppl["best validation metric"] == "val/ppl 90.0000 (step 8)"  # NaN never wins
     with Image.open(tmp_path / "compare.png") as image:
         assert image.size == compare.plot_size(metrics=2, runs=2)  # a row of panels per metric
+
+
+def test_a_test_older_than_the_training_is_marked_stale(tmp_path, capsys):
+    """A run tested, then trained on (resumed with more steps): its test metric is no longer the run's."""
+    before = [("train/loss", 9, 0.9, 100.0), ("val/loss", 9, 0.5, 110.0)]
+    tested = [("test/loss", 0, 0.45, 200.0)]  # rrn test logs at step 0
+    later = [("train/loss", 19, 0.3, 300.0), ("val/loss", 19, 0.2, 310.0)]
+    write_run(tmp_path / "a" / "stale" / "version_0", [before, tested, later])
+    write_run(tmp_path / "b" / "fresh" / "version_0", [before, later, [("test/loss", 0, 0.25, 400.0)]])
+    assert compare.main([str(tmp_path)]) == 0
+    rows = table(capsys.readouterr().out)
+    stale, fresh = (
+        rows[str(tmp_path / "a" / "stale" / "version_0")],
+        rows[str(tmp_path / "b" / "fresh" / "version_0")],
+    )
+    assert stale["test metric"] == "test/loss 0.4500 (stale: the run trained on after this test)"
+    assert fresh["test metric"] == "test/loss 0.2500"
+    assert stale["steps"] == fresh["steps"] == "20"
+    assert compare.stale_note([True, False, False]) == " (stale in 1 of 3 runs: trained on after the test)"
 
 
 @pytest.mark.parametrize(
@@ -287,7 +307,7 @@ def test_seeds_of_one_config_are_one_row_with_their_mean_and_spread(seeds, monke
     assert row["test metric"] == f"test/acc {spread([points['test/acc'][-1][1] for points in logged], 4)}"
     steps = [max(step for tag in points.values() for step, _ in tag) for points in logged]
     assert steps == [30, 30, 40]
-    assert row["steps"] == spread(steps, 0)
+    assert row["steps"] == spread([step + 1 for step in steps], 0)
     walls = [train_val_span(next(run.glob("events.out.tfevents.0*"))) for run in runs]
     assert walls == [60.0, 90.0, 160.0]
     mean, std = statistics.fmean(walls), statistics.stdev(walls)
@@ -295,14 +315,14 @@ def test_seeds_of_one_config_are_one_row_with_their_mean_and_spread(seeds, monke
     assert row["wall time"] == "{} ± {} ({}-{})".format(*durations)
     # Only one run of the other lr was tested; a value all runs share is shown once.
     other = rows[OTHER_LR]
-    assert (other["n"], other["steps"], other["parameters"]) == ("2", "30", "1,234")
+    assert (other["n"], other["steps"], other["parameters"]) == ("2", "31", "1,234")
     assert (
         other["test metric"]
         == f"test/acc {scalars(seeds / seeded_run(0.01, 0))['test/acc'][-1][1]:.4f}, 1 of 2 runs"
     )
     # A run alone keeps its own row: its best with its step, n = 1.
     alone = rows["runs/handmade_a/version_0"]
-    assert (alone["n"], alone["best validation metric"]) == ("1", "val/loss 0.4000 (step 9)")
+    assert (alone["n"], alone["best validation metric"]) == ("1", "val/loss 0.4000 (step 10)")
 
 
 def test_no_group_shows_every_run(seeds, monkeypatch, capsys):
@@ -314,7 +334,9 @@ def test_no_group_shows_every_run(seeds, monkeypatch, capsys):
     assert list(rows) == expected
     assert {row["n"] for row in rows.values()} == {"1"}
     best = scalars(seeds / seeded_run(0.001, 1))["val/acc"][1]
-    assert rows[seeded_run(0.001, 1)]["best validation metric"] == f"val/acc {best[1]:.4f} (step {best[0]})"
+    assert (
+        rows[seeded_run(0.001, 1)]["best validation metric"] == f"val/acc {best[1]:.4f} (step {best[0] + 1})"
+    )
 
 
 def test_group_curve_is_the_mean_at_the_steps_all_runs_logged(seeds):
