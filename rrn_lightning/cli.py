@@ -127,7 +127,34 @@ class RRNCLI(LightningCLI):
                         f"{target.replace('.', ': ')} in the config); one place, so that nothing replaces it "
                         "silently.\n",
                     )
+            args = self._with_run_config(parser, list(given))
         super().parse_arguments(parser, args)
+
+    @staticmethod
+    def _with_run_config(parser: LightningArgumentParser, given: list[str]) -> list[str]:
+        """``rrn fit|validate|test|predict --ckpt_path FILE`` without ``--config``: the config of FILE's run
+        (``config.yaml`` in its run folder) goes first, so the checkpoint alone rebuilds its model and data."""
+        if not given or given[0] not in ("fit", "validate", "test", "predict"):
+            return given
+        if any(arg in ("-c", "--config") or str(arg).startswith("--config=") for arg in given):
+            return given
+        path = None
+        for index, arg in enumerate(given):
+            if arg == "--ckpt_path" and index + 1 < len(given):
+                path = given[index + 1]
+            elif str(arg).startswith("--ckpt_path="):
+                path = str(arg).partition("=")[2]
+        if path in (None, "last", "best", "hpc") or not Path(path).is_file():
+            return given  # no checkpoint file: the usual errors say what is missing
+        home = run_of_checkpoint(path)
+        config = None if home is None else Path(home[0], home[1], f"version_{home[2]}", "config.yaml")
+        if config is None or not config.is_file():
+            parser.exit(
+                2,
+                f"rrn: error: --ckpt_path {path} has no run folder with a config.yaml beside it (runs/<name>/"
+                "version_N/checkpoints/); give the config it was trained with: --config FILE.\n",
+            )
+        return [given[0], "--config", str(config), *given[1:]]
 
     def instantiate_classes(self) -> None:
         try:
@@ -253,7 +280,13 @@ class RRNCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.trainer.logger in (None, True):
+        # A run's own config.yaml (rrn test --ckpt_path FILE alone, or given as --config) names the RunLogger that
+        # rrn put there; its folder is the one this command resolved, not a new version.
+        logger = config.trainer.logger
+        saved_logger = (
+            isinstance(logger, Namespace) and logger.get("class_path") == "rrn_lightning.runs.RunLogger"
+        )
+        if config.trainer.logger in (None, True) or saved_logger:
             config.trainer.logger = Namespace(
                 class_path="rrn_lightning.runs.RunLogger", init_args=Namespace(**self._run_home)
             )

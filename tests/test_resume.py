@@ -325,6 +325,38 @@ def test_resume_from_the_default_relative_root_keeps_best_checkpoint_tracking(tm
     assert not (tmp_path / "runs" / "nth_farthest_rmc_cpu" / "version_1").exists()
 
 
+def test_a_checkpoint_alone_is_enough(tmp_path, monkeypatch, capsys):
+    """``rrn validate|test|predict|fit --ckpt_path FILE`` without --config: the run's saved config.yaml rebuilds the
+    model and the data, and everything goes to that run's folder (no new version)."""
+    monkeypatch.chdir(tmp_path)
+    cli_main(["fit", *SMALL])
+    run = Path("runs", "nth_farthest_rmc_cpu", "version_0")
+    checkpoint = f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    for subcommand in ("validate", "test"):
+        cli = cli_main([subcommand, checkpoint, *QUIET])
+        assert (
+            0 <= cli.trainer.callback_metrics[f"{'val' if subcommand == 'validate' else subcommand}/acc"] <= 1
+        )
+        assert (run / f"config_{subcommand}.yaml").is_file()
+    cli_main(["predict", checkpoint, *QUIET])
+    assert torch.load(run / "predictions.pt", weights_only=True)["prediction"].shape == (8,)
+    cli = cli_main(["fit", checkpoint, "--trainer.max_epochs=2", *QUIET])
+    assert cli.trainer.global_step == 6
+    assert [path.name for path in run.parent.iterdir()] == ["version_0"]
+    # A checkpoint outside a run folder has no config to read: one line says so.
+    loose = tmp_path / "loose.ckpt"
+    shutil.copy(run / "checkpoints" / "last.ckpt", loose)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["test", f"--ckpt_path={loose}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"rrn: error: --ckpt_path {loose} has no run folder with a config.yaml beside it (runs/<name>/version_N/"
+        "checkpoints/); give the config it was trained with: --config FILE."
+    ]
+
+
 def test_fast_dev_run_writes_no_checkpoint(tmp_path):
     for _ in range(2):
         cli_main(["fit", *SMALL, f"--trainer.default_root_dir={tmp_path}", "--trainer.fast_dev_run=true"])
