@@ -429,7 +429,9 @@ def test_a_checkpoint_of_another_architecture_than_the_config_is_refused(subcomm
         "model.init_args.core.class_path: 'rrn_lightning.RelationalMemory' here, 'rrn_lightning.LSTMCore'"
         in line
     )
-    assert line.endswith("Use the config the checkpoint was trained with, or leave out --ckpt_path to start anew.")
+    assert line.endswith(
+        "Use the config the checkpoint was trained with, or leave out --ckpt_path to start anew."
+    )
     wider = [
         *CLASSIFIER_ARGS,
         "--model.init_args.core.init_args.hidden_size=9",
