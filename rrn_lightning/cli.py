@@ -22,8 +22,12 @@ would replace them with only a warning, are switched off and refused with a mess
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from jsonargparse import Namespace
@@ -62,6 +66,97 @@ and LSTM baselines. Configs for every task and core live in experiments/; start 
 
 # LightningCLI's own optimizer options, switched off (auto_configure_optimizers=False): where each one goes instead.
 MODEL_ARGUMENTS = {"optimizer": "model.init_args.optimizer", "lr_scheduler": "model.init_args.lr_scheduler"}
+
+
+class RRNArgumentParser(LightningArgumentParser):
+    """Lightning's parser with jsonargparse's error reports (usage, then a tree of union subtypes, 80 lines and more)
+    cut to what is wrong and where, in at most three lines (``short_parser_error``)."""
+
+    config_files: tuple[
+        str, ...
+    ] = ()  # the --config files of the command being parsed, to name in YAML errors
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(short_parser_error(message, prog, RRNArgumentParser.config_files) + "\n")
+        self.exit(2)
+
+
+def short_parser_error(message: str, prog: str, config_files: Sequence[str] = ()) -> str:
+    """jsonargparse's error ``message`` as at most three lines: the key and what is wrong with it, the nearest valid
+    argument or the valid values, and where to read more."""
+    lines = [line.strip() for line in message.strip().splitlines()]
+    key = re.match(r'Parser key "([^"]+)"', lines[0])
+    where = f"--{key.group(1)}" if key else prog
+    tip = f"tip: {prog} --help lists the options"
+    unknown = [re.search(r"Option '([^']+)' is not accepted", line) for line in lines]
+    unknown = [match.group(1) for match in unknown if match]
+    if unknown:  # a misspelled argument of a class given by class_path
+        classes = re.findall(r"Problem with given class_path '([^']+)'", message)
+        owner = classes[-1] if classes else None
+        accepted = _init_arguments(owner) if owner else []
+        nearest = difflib.get_close_matches(unknown[0], accepted, n=1)
+        hint = f"; did you mean '{nearest[0]}'?" if nearest else ""
+        name = owner.rpartition(".")[2] if owner else "the class"
+        nested = re.search(r"NestedArg\(key='([^']+)'", message)  # given on the command line
+        option, help_key = f"{where}: ", "--help"
+        if key and nested:
+            option = f"--{key.group(1)}.init_args.{nested.group(1)}: "
+            owner_key = option[2:-2].rpartition(".init_args.")[0]
+            help_key = f"--{owner_key}.help {owner}"
+        elif key and owner:
+            help_key = f"--{key.group(1)}.help {owner}"
+        return f"rrn: error: {option}{name} has no argument '{unknown[0]}'{hint}\ntip: {prog} {help_key} lists them"
+    given = next(
+        (line.removeprefix("Given value:").strip() for line in lines if line.startswith("Given value:")), None
+    )
+    nested_value = re.fullmatch(r"NestedArg\(key='([^']+)', val='(.*)'\)", given or "")
+    if key and nested_value:  # --model.init_args.X=V on the command line
+        where, given = f"--{key.group(1)}.init_args.{nested_value.group(1)}", nested_value.group(2)
+    choices = [value for group in re.findall(r"Literal\[([^\]]*)\]", message) for value in group.split(", ")]
+    if choices and given is not None:  # a value outside a set of choices
+        unique = list(dict.fromkeys(choice.strip("'") for choice in choices))
+        nearest = difflib.get_close_matches(given, unique, n=1)
+        hint = f"; did you mean {nearest[0]}?" if nearest else ""
+        return f"rrn: error: {where}={given} is not a valid value{hint}\nvalid values: {', '.join(unique)}"
+    expected = re.findall(r"Expected a <class '([^']+)'>", message)
+    if expected and given is not None:  # a value of the wrong type
+        kinds = " or ".join(dict.fromkeys("null" if kind == "NoneType" else kind for kind in expected))
+        return f"rrn: error: {where}={given} is not a valid value: expected {kinds}\n{tip}"
+    yaml_at = re.findall(r'in "<unicode string>", line (\d+), column (\d+)', message)
+    if message.startswith("Problems parsing config") and yaml_at:  # YAML syntax
+        files = " or ".join(config_files) or "the config"
+        problem = "; ".join(line for line in lines[1:] if not line.startswith("in ")) or lines[0]
+        line_number, column = yaml_at[0]
+        return f"rrn: error: {files}, line {line_number}, column {column}: YAML syntax: {problem}\n{tip}"
+    if message.startswith("the following arguments are required"):
+        subcommand = re.search(r"required: (\w+)\.", message)
+        command = f"rrn {subcommand.group(1)}" if subcommand else prog
+        return (
+            f"rrn: error: {lines[0]}\n"
+            f"tip: {command} --config experiments/<task>/<core>.yaml, or --ckpt_path FILE of a run"
+        )
+    first = f"{where}: {lines[0][key.end() + 1 :].strip()}" if key else lines[0]
+    if len(lines) <= 2:
+        return "\n".join([f"rrn: error: {first}", *lines[1:]])
+    # Anything else: the first line and the most specific (the most indented) of the rest.
+    raw = message.strip().splitlines()
+    detail = max(raw[1:], key=lambda line: len(line) - len(line.lstrip())).strip()
+    return f"rrn: error: {first} {detail}\n{tip}"
+
+
+def _init_arguments(class_path: str) -> list[str]:
+    """The argument names of the class that ``class_path`` names, which the parser has imported already; [] where it
+    cannot be found."""
+    module_name, _, name = class_path.rpartition(".")
+    module = sys.modules.get(module_name)
+    cls = getattr(module, name, None) if module is not None else None
+    if cls is None:
+        return []
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
 
 
 class RRNCLI(LightningCLI):
@@ -127,7 +222,17 @@ class RRNCLI(LightningCLI):
                         f"{target.replace('.', ': ')} in the config); one place, so that nothing replaces it "
                         "silently.\n",
                     )
-            args = self._with_run_config(parser, list(given))
+            RRNArgumentParser.config_files = tuple(
+                str(value)
+                for index, arg in enumerate(given)
+                for value in (
+                    [given[index + 1]] if arg in ("-c", "--config") and index + 1 < len(given) else []
+                )
+                + ([str(arg).partition("=")[2]] if str(arg).startswith("--config=") else [])
+            )
+            with_config = self._with_run_config(parser, list(given))
+            if with_config != list(given):
+                args = with_config
         super().parse_arguments(parser, args)
 
     @staticmethod
@@ -367,6 +472,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> RRNCLI:
         auto_configure_optimizers=False,
         trainer_defaults={"default_root_dir": "runs"},
         parser_kwargs={"description": DESCRIPTION, "default_env": False},
+        parser_class=RRNArgumentParser,
         save_config_kwargs={"overwrite": True},
     )
 

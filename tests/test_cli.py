@@ -176,6 +176,69 @@ def test_unknown_key_fails_readably(tmp_path, capsys):
     assert "mem_slotz" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--model.init_args.core.init_args.memslots=4"],
+            "rrn: error: --model.init_args.core.init_args.memslots: RelationalMemory has no argument 'memslots'; "
+            "did you mean 'mem_slots'?",
+        ),
+        (
+            ["--trainer.precision=bf17"],
+            "rrn: error: --trainer.precision=bf17 is not a valid value; did you mean bf16?",
+        ),
+        (
+            ["--trainer.max_epochs=abc"],
+            "rrn: error: --trainer.max_epochs=abc is not a valid value: expected int or null",
+        ),
+        (
+            ["--data.init_args.presentation=matrix"],
+            "rrn: error: --data.init_args.presentation=matrix is not a valid value",
+        ),
+    ],
+)
+def test_parser_errors_are_at_most_three_lines(args, expected, tmp_path, capsys):
+    """jsonargparse's reports (usage, then a tree of union subtypes: 80 lines and more) cut to the key, what is
+    wrong, and the nearest valid argument or the valid values."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", f"--config={EXPERIMENTS / 'nth_farthest' / 'rmc_cpu.yaml'}", *args])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert 1 <= len(lines) <= 3 and lines[0] == expected, lines
+
+
+def test_config_file_errors_name_the_file(tmp_path, capsys):
+    def error_lines(*args: str) -> list[str]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(list(args))
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert 1 <= len(lines) <= 3, lines
+        return lines
+
+    missing = tmp_path / "nosuch.yaml"
+    assert error_lines("fit", f"--config={missing}") == [
+        f"rrn: error: --config: File does not exist: '{missing}'"
+    ]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_epochs: [1\n")
+    assert error_lines("fit", "--config", str(broken))[0].startswith(
+        f"rrn: error: {broken}, line 2, column 15: YAML syntax: did not find expected ',' or ']'"
+    )
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        (EXPERIMENTS / "nth_farthest" / "lstm_cpu.yaml").read_text().replace("hidden_size", "hiden_size")
+    )
+    assert error_lines("fit", f"--config={typo}")[0] == (
+        "rrn: error: --model: LSTMCore has no argument 'hiden_size'; did you mean 'hidden_size'?"
+    )
+    assert error_lines("test") == [
+        "rrn: error: the following arguments are required: test.data, test.model",
+        "tip: rrn test --config experiments/<task>/<core>.yaml, or --ckpt_path FILE of a run",
+    ]
+
+
 def test_bad_value_fails_readably(tmp_path, capsys):
     config = EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml"
     with pytest.raises(SystemExit) as exit_info:
