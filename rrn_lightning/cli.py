@@ -233,6 +233,8 @@ class RRNCLI(LightningCLI):
             with_config = self._with_run_config(parser, list(given))
             if with_config != list(given):
                 args = with_config
+                # Lightning warns when args are given beside sys.argv; here they are sys.argv with the run's config.
+                warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
         super().parse_arguments(parser, args)
 
     @staticmethod
