@@ -148,6 +148,17 @@ def short_parser_error(message: str, prog: str, config_files: Sequence[str] = ()
     return f"rrn: error: {first} {detail}\n{tip}"
 
 
+def _option_values(args: list[str], *names: str) -> list[str]:
+    """The values given to an option on a command line, as ``--name VALUE`` or ``--name=VALUE``, in order."""
+    values = []
+    for index, arg in enumerate(map(str, args)):
+        if arg in names and index + 1 < len(args):
+            values.append(str(args[index + 1]))
+        elif arg.partition("=")[0] in names and "=" in arg:
+            values.append(arg.partition("=")[2])
+    return values
+
+
 def _init_arguments(class_path: str) -> list[str]:
     """The argument names of the class that ``class_path`` names, which the parser has imported already; [] where it
     cannot be found."""
@@ -222,14 +233,7 @@ class RRNCLI(LightningCLI):
                         f"{target.replace('.', ': ')} in the config); one place, so that nothing replaces it "
                         "silently.\n",
                     )
-            RRNArgumentParser.config_files = tuple(
-                str(value)
-                for index, arg in enumerate(given)
-                for value in (
-                    [given[index + 1]] if arg in ("-c", "--config") and index + 1 < len(given) else []
-                )
-                + ([str(arg).partition("=")[2]] if str(arg).startswith("--config=") else [])
-            )
+            RRNArgumentParser.config_files = tuple(_option_values(list(given), "--config", "-c"))
             with_config = self._with_run_config(parser, list(given))
             if with_config != list(given):
                 args = with_config
@@ -243,16 +247,14 @@ class RRNCLI(LightningCLI):
         (``config.yaml`` in its run folder) goes first, so the checkpoint alone rebuilds its model and data."""
         if not given or given[0] not in ("fit", "validate", "test", "predict"):
             return given
-        if any(arg in ("-c", "--config") or str(arg).startswith("--config=") for arg in given):
-            return given
-        path = None
-        for index, arg in enumerate(given):
-            if arg == "--ckpt_path" and index + 1 < len(given):
-                path = given[index + 1]
-            elif str(arg).startswith("--ckpt_path="):
-                path = str(arg).partition("=")[2]
-        if path in (None, "last", "best", "hpc") or not Path(path).is_file():
-            return given  # no checkpoint file: the usual errors say what is missing
+        paths = _option_values(given, "--ckpt_path")
+        path = paths[-1] if paths else None
+        if (
+            _option_values(given, "--config", "-c")
+            or path in (None, "last", "best", "hpc")
+            or not Path(path).is_file()
+        ):
+            return given  # a config of its own, or no checkpoint file (the usual errors say what is missing)
         home = run_of_checkpoint(path)
         config = None if home is None else Path(home[0], home[1], f"version_{home[2]}", "config.yaml")
         if config is None or not config.is_file():
