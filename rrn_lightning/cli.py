@@ -404,6 +404,13 @@ class RRNCLI(LightningCLI):
             # The learning rate beside the loss curves (lr-Adam, ...), whatever the scheduler makes of it.
             if not any(str(getattr(c, "class_path", "")).endswith("LearningRateMonitor") for c in callbacks):
                 callbacks.append(Namespace(class_path=LR_MONITOR, init_args=Namespace()))
+        # A progress bar that fits 80 columns, and where the run went at the end.
+        if config.trainer.enable_progress_bar is not False and not any(
+            "ProgressBar" in str(getattr(c, "class_path", "")) for c in callbacks
+        ):
+            callbacks.append(Namespace(class_path="rrn_lightning.runs.RunProgressBar", init_args=Namespace()))
+        if self.subcommand in ("fit", "validate", "test") and config.trainer.logger is not False:
+            callbacks.append(Namespace(class_path="rrn_lightning.runs.RunSummary", init_args=Namespace()))
         if self.subcommand == "predict":
             if not any(str(getattr(c, "class_path", "")).endswith("PredictionWriter") for c in callbacks):
                 callbacks.append(

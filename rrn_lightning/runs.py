@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -35,6 +35,8 @@ __all__ = [
     "PredictionWriter",
     "RunCheckpoint",
     "RunLogger",
+    "RunProgressBar",
+    "RunSummary",
     "latest_checkpoint",
     "run_of_checkpoint",
 ]
@@ -416,3 +418,69 @@ def _concatenate(tensors: list[Tensor]) -> Tensor:
             pad += [0, width[d - 1] - t.shape[d]]
         padded.append(torch.nn.functional.pad(t, pad, value=IGNORE_INDEX) if any(pad) else t)
     return torch.cat(padded)
+
+
+def _monitored(trainer: Trainer) -> str:
+    """The validation metric a run is judged by: the one its checkpoints monitor, else val/loss."""
+    callback = trainer.checkpoint_callback
+    monitor = callback.monitor if isinstance(callback, ModelCheckpoint) else None
+    return monitor or "val/loss"
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with a postfix that fits 80 columns: the training loss and the validation metric the
+    checkpoints monitor (``loss=0.350, val_acc=0.834``), instead of every metric logged to the bar."""
+
+    def get_metrics(
+        self, trainer: Trainer, pl_module: LightningModule
+    ) -> dict[str, int | str | float | dict]:
+        metrics = super().get_metrics(trainer, pl_module)
+        shown: dict[str, int | str | float | dict] = {}
+        for name in ("train/loss_step", "train/loss"):
+            if name in metrics:
+                shown["loss"] = metrics[name]
+                break
+        monitor = _monitored(trainer)
+        if monitor in metrics:
+            shown[monitor.replace("/", "_")] = metrics[monitor]
+        return shown
+
+
+def _checkpoint_named(trainer: Trainer) -> str:
+    """What validate or test evaluated: the checkpoint file it loaded, else the weights as they are."""
+    return f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else "the model's current weights"
+
+
+class RunSummary(Callback):
+    """At the end of ``rrn fit``, ``validate`` and ``test``, a few lines on where the run is and what it reached: the
+    run folder and its step, the best checkpoint with the monitored metric (fit), and the TensorBoard command.
+    ``trainer.log_dir`` is a broadcast from rank 0 under DDP: every rank reads it at setup, while all ranks still
+    run together (``on_fit_end`` comes after the strategy's teardown), and only rank 0 prints."""
+
+    def __init__(self) -> None:
+        self._log_dir: str | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._log_dir = trainer.log_dir
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        lines = [f"run: {self._log_dir} (step {trainer.global_step})"]
+        callback = trainer.checkpoint_callback
+        if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+            score = callback.best_model_score
+            value = "" if score is None else f" {float(score):.4f}"
+            lines.append(f"best {callback.monitor}{value}: {callback.best_model_path}")
+        self._say(trainer, lines)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._say(trainer, [f"run: {self._log_dir} (validated {_checkpoint_named(trainer)})"])
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._say(trainer, [f"run: {self._log_dir} (tested {_checkpoint_named(trainer)})"])
+
+    def _say(self, trainer: Trainer, lines: list[str]) -> None:
+        if self._log_dir is None or not trainer.is_global_zero:
+            return
+        lines.append(f"tensorboard --logdir {Path(self._log_dir).parent}")
+        print("\n".join(lines), flush=True)

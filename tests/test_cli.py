@@ -1,6 +1,7 @@
 """The `rrn` CLI end to end: every shipped YAML builds, CPU configs fit, runs write TensorBoard events and
 checkpoints that load on their own, and bad configs fail with a readable message."""
 
+import re
 import subprocess
 import sys
 import warnings
@@ -313,3 +314,35 @@ def test_group_accuracy_per_group_and_none_without_groups():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.on_validation_epoch_end()
+
+
+def test_progress_bar_fits_80_columns_and_runs_end_with_a_summary(tmp_path, capsys):
+    """The bar shows the training loss and the monitored metric only; fit, validate and test end by saying where
+    the run is, what it reached and how to look at it."""
+    common = [
+        f"--config={EXPERIMENTS / 'nth_farthest' / 'rmc_cpu.yaml'}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--data.init_args.batches_per_epoch=2",
+        "--data.init_args.batch_size=8",
+        "--data.init_args.val_size=8",
+        "--data.init_args.test_size=8",
+    ]
+    cli = cli_main(["fit", *common, "--trainer.max_epochs=1"])
+    out, err = capsys.readouterr()
+    postfixes = re.findall(r"it/s, ([^\]]*)\]", out + err)  # tqdm writes to stdout
+    assert postfixes and all(re.fullmatch(r"loss=[\d.]+(, val_acc=[\d.]+)?", p) for p in postfixes), (
+        postfixes[-3:]
+    )
+    assert "val_acc=" in postfixes[-1]
+    run = tmp_path / "nth_farthest_rmc_cpu" / "version_0"
+    callback = cli.trainer.checkpoint_callback
+    assert [line.rpartition("\r")[2] for line in out.strip().splitlines()[-3:]] == [
+        f"run: {run} (step 2)",
+        f"best val/acc {float(callback.best_model_score):.4f}: {callback.best_model_path}",
+        f"tensorboard --logdir {run.parent}",
+    ]
+    for subcommand, done in (("validate", "validated"), ("test", "tested")):
+        cli_main([subcommand, *common, "--ckpt_path=last", "--trainer.enable_progress_bar=false"])
+        lines = capsys.readouterr().out.splitlines()  # before Lightning's table of the metrics
+        at = lines.index(f"run: {run} ({done} checkpoint {run / 'checkpoints' / 'last.ckpt'})")
+        assert lines[at + 1] == f"tensorboard --logdir {run.parent}"
