@@ -65,6 +65,17 @@ and LSTM baselines. Configs for every task and core live in experiments/; start 
 """
 
 # LightningCLI's own optimizer options, switched off (auto_configure_optimizers=False): where each one goes instead.
+SUBCOMMAND_HELP = {
+    "fit": "Train a model from a config; --ckpt_path last continues its latest run.",
+    "validate": "Evaluate a checkpoint on the validation split.",
+    "test": "Evaluate a checkpoint on the test split.",
+    "predict": "Write a checkpoint's predictions into its run folder.",
+}
+CKPT_PATH_HELP = (
+    "A checkpoint file, or 'last': the latest checkpoint of the config's run (runs/<name>/version_N/checkpoints/"
+    "last.ckpt, the newest N). Given without --config, a file reads its run's config.yaml; with --config, a "
+    "checkpoint of another model is refused."
+)
 MODEL_ARGUMENTS = {"optimizer": "model.init_args.optimizer", "lr_scheduler": "model.init_args.lr_scheduler"}
 
 
@@ -218,6 +229,18 @@ class RRNCLI(LightningCLI):
             command_parser = LightningArgumentParser(description=command.DESCRIPTION)
             command.add_arguments(command_parser)
             parser._subcommands_action.add_subcommand(name, command_parser, help=command.DESCRIPTION)
+        # Lightning's help lines are the first lines of the Trainer's docstrings, cut mid-sentence; ours are whole
+        # sentences, and --ckpt_path says what `last` means here.
+        subcommands = parser._subcommands_action
+        for action in subcommands._choices_actions:
+            if action.dest in SUBCOMMAND_HELP:
+                action.help = SUBCOMMAND_HELP[action.dest]
+        for name, subparser in subcommands._name_parser_map.items():
+            if name in SUBCOMMAND_HELP:
+                subparser.description = SUBCOMMAND_HELP[name]
+            for action in subparser._actions:
+                if action.dest == "ckpt_path" and name in SUBCOMMAND_HELP:
+                    action.help = CKPT_PATH_HELP
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         given = sys.argv[1:] if args is None else args

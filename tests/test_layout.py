@@ -67,6 +67,21 @@ def test_help_lists_generate_compare_and_core_help_needs_no_config(capsys):
     assert "--core.mem_slots" in out and "--core.compile" in out
 
 
+def test_help_is_whole_sentences_and_says_what_last_means(capsys):
+    from rrn_lightning.cli import CKPT_PATH_HELP, SUBCOMMAND_HELP
+
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    listing = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for text in SUBCOMMAND_HELP.values():
+        assert text in listing and text.endswith(".")
+    for subcommand in SUBCOMMAND_HELP:
+        with pytest.raises(SystemExit):
+            cli_main([subcommand, "--help"])
+        page = " ".join(capsys.readouterr().out.split())
+        assert SUBCOMMAND_HELP[subcommand] in page and " ".join(CKPT_PATH_HELP.split()) in page
+
+
 def test_configuration_error_is_the_one_class_everywhere():
     from datamodules import nth_farthest
     from rrn_lightning.cores import rmc
