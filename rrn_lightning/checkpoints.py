@@ -165,28 +165,19 @@ def architecture_differences(config_model: Mapping, hparams: Mapping) -> list[tu
     }
     differences: list[tuple[str, Any, Any]] = []
 
-    def compare(key: str, ours: Any, theirs: Any) -> None:
-        if isinstance(ours, Mapping) and isinstance(theirs, Mapping):
-            if (
-                "class_path" in ours
-                and "class_path" in theirs
-                and ours["class_path"]
-                and theirs["class_path"]
-            ):
-                if str(ours["class_path"]).rpartition(".")[2] != str(theirs["class_path"]).rpartition(".")[2]:
-                    differences.append(
-                        (f"{key}.class_path".lstrip("."), ours["class_path"], theirs["class_path"])
-                    )
-                    return
-            for name in sorted(set(ours) & set(theirs)):
-                if name not in NOT_ARCHITECTURE and name != "class_path":
-                    compare(f"{key}.{name}", ours[name], theirs[name])
-        elif ours is not None and theirs is not None:
-            ours, theirs = (
-                list(v) if isinstance(v, tuple) else v for v in (ours, theirs)
-            )  # YAML has no tuples
-            if ours != theirs:
-                differences.append((key.lstrip("."), ours, theirs))
+    def compare(key: str, in_checkpoint: Any, in_config: Any) -> None:
+        if isinstance(in_checkpoint, Mapping) and isinstance(in_config, Mapping):
+            classes = (in_checkpoint.get("class_path"), in_config.get("class_path"))
+            if all(classes) and len({str(path).rpartition(".")[2] for path in classes}) == 2:
+                differences.append((f"{key}.class_path".lstrip("."), *classes))
+                return
+            for name in sorted(set(in_checkpoint) & set(in_config) - NOT_ARCHITECTURE - {"class_path"}):
+                compare(f"{key}.{name}", in_checkpoint[name], in_config[name])
+        elif in_checkpoint is not None and in_config is not None:
+            # YAML has no tuples: (8, 8) in a parsed config is [8, 8] in a checkpoint.
+            saved, given = (list(v) if isinstance(v, tuple) else v for v in (in_checkpoint, in_config))
+            if saved != given:
+                differences.append((key.lstrip("."), saved, given))
 
     compare("", checkpoint_model, upgrade_class_paths(dict(config_model)))
     return differences

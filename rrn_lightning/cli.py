@@ -64,7 +64,7 @@ and LSTM baselines. Configs for every task and core live in experiments/; start 
 `rrn compare runs/ [--plot FILE.png]` tabulates runs as Markdown and plots their validation curves.
 """
 
-# LightningCLI's own optimizer options, switched off (auto_configure_optimizers=False): where each one goes instead.
+# Our help lines for Lightning's subcommands (its own are the Trainer's docstrings cut mid-sentence), and --ckpt_path's.
 SUBCOMMAND_HELP = {
     "fit": "Train a model from a config; --ckpt_path last continues its latest run.",
     "validate": "Evaluate a checkpoint on the validation split.",
@@ -76,6 +76,7 @@ CKPT_PATH_HELP = (
     "last.ckpt, the newest N). Given without --config, a file reads its run's config.yaml; with --config, a "
     "checkpoint of another model is refused."
 )
+# LightningCLI's own optimizer options, switched off (auto_configure_optimizers=False): where each one goes instead.
 MODEL_ARGUMENTS = {"optimizer": "model.init_args.optimizer", "lr_scheduler": "model.init_args.lr_scheduler"}
 
 
@@ -83,16 +84,16 @@ class RRNArgumentParser(LightningArgumentParser):
     """Lightning's parser with jsonargparse's error reports (usage, then a tree of union subtypes, 80 lines and more)
     cut to what is wrong and where, in at most three lines (``short_parser_error``)."""
 
-    config_files: tuple[
-        str, ...
-    ] = ()  # the --config files of the command being parsed, to name in YAML errors
+    # The --config files of the command being parsed, to name in YAML errors. Set on the class by
+    # RRNCLI.parse_arguments: the error is reported by the subcommand's parser, not the one that parses.
+    config_files: tuple[str, ...] = ()
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(short_parser_error(message, prog, RRNArgumentParser.config_files) + "\n")
+        sys.stderr.write(short_parser_error(message, prog, self.config_files) + "\n")
         self.exit(2)
 
 
@@ -168,6 +169,13 @@ def _option_values(args: list[str], *names: str) -> list[str]:
         elif arg.partition("=")[0] in names and "=" in arg:
             values.append(arg.partition("=")[2])
     return values
+
+
+def _run_config_file(ckpt_path: str) -> Path | None:
+    """Where the config.yaml of a checkpoint's run is (``runs/<name>/version_N/config.yaml``); None for a checkpoint
+    outside a run folder."""
+    home = run_of_checkpoint(ckpt_path)
+    return None if home is None else Path(home[0], home[1], f"version_{home[2]}", "config.yaml")
 
 
 def _init_arguments(class_path: str) -> list[str]:
@@ -278,8 +286,7 @@ class RRNCLI(LightningCLI):
             or not Path(path).is_file()
         ):
             return given  # a config of its own, or no checkpoint file (the usual errors say what is missing)
-        home = run_of_checkpoint(path)
-        config = None if home is None else Path(home[0], home[1], f"version_{home[2]}", "config.yaml")
+        config = _run_config_file(path)
         if config is None or not config.is_file():
             parser.exit(
                 2,
@@ -385,10 +392,8 @@ class RRNCLI(LightningCLI):
             for key, in_checkpoint, in_config in differences[:4]
         )
         more = f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""
-        home = run_of_checkpoint(ckpt_path)
-        config_file = (
-            "" if home is None else f" ({Path(home[0], home[1], f'version_{home[2]}', 'config.yaml')})"
-        )
+        config = _run_config_file(ckpt_path)
+        config_file = "" if config is None else f" ({config})"
         self.parser.exit(
             2,
             f"rrn: error: --ckpt_path {ckpt_path} holds another model than the config builds: {shown}{more}. Use "
@@ -418,7 +423,7 @@ class RRNCLI(LightningCLI):
         saved_logger = (
             isinstance(logger, Namespace) and logger.get("class_path") == "rrn_lightning.runs.RunLogger"
         )
-        if config.trainer.logger in (None, True) or saved_logger:
+        if logger in (None, True) or saved_logger:
             config.trainer.logger = Namespace(
                 class_path="rrn_lightning.runs.RunLogger", init_args=Namespace(**self._run_home)
             )

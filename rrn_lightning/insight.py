@@ -41,6 +41,7 @@ from torch import Tensor
 
 from .common import ConfigurationError, DescribesExamples, check_positive_ints
 from .cores import CoreTrace
+from .runs import monitored_metric
 from .tasks import TaskModule
 
 __all__ = ["AttentionLayout", "Insight", "attention_image", "colorize"]
@@ -280,13 +281,8 @@ class Insight(Callback):
 
     # ------------------------------------------------------------------ what is watched
     def monitored(self, trainer: Trainer, pl_module: LightningModule) -> tuple[str, str]:
-        """``(tag, mode)`` of the metric reported as best and final: the checkpoint's ``monitor``, else the task's."""
-        callback = trainer.checkpoint_callback
-        monitor = getattr(callback, "monitor", None)
-        if monitor:
-            return monitor, getattr(callback, "mode", "min")
-        name, mode = getattr(pl_module, "primary_metric", ("loss", "min"))
-        return f"val/{name}", mode
+        """``(tag, mode)`` of the metric reported as best and final (``runs.monitored_metric``)."""
+        return monitored_metric(trainer, pl_module)
 
     @staticmethod
     def _writer(trainer: Trainer):

@@ -38,6 +38,7 @@ __all__ = [
     "RunProgressBar",
     "RunSummary",
     "latest_checkpoint",
+    "monitored_metric",
     "run_of_checkpoint",
 ]
 
@@ -420,16 +421,20 @@ def _concatenate(tensors: list[Tensor]) -> Tensor:
     return torch.cat(padded)
 
 
-def _monitored(trainer: Trainer) -> str:
-    """The validation metric a run is judged by: the one its checkpoints monitor, else val/loss."""
+def monitored_metric(trainer: Trainer, pl_module: LightningModule) -> tuple[str, str]:
+    """``(tag, mode)`` of the validation metric a run is judged by: the checkpoints' ``monitor``, else the task's
+    ``primary_metric`` (``TaskModule``), else val/loss (lower is better)."""
     callback = trainer.checkpoint_callback
-    monitor = callback.monitor if isinstance(callback, ModelCheckpoint) else None
-    return monitor or "val/loss"
+    if isinstance(callback, ModelCheckpoint) and callback.monitor:
+        return callback.monitor, callback.mode
+    name, mode = getattr(pl_module, "primary_metric", ("loss", "min"))
+    return f"val/{name}", mode
 
 
 class RunProgressBar(TQDMProgressBar):
     """Lightning's progress bar with a postfix that fits 80 columns: the training loss and the validation metric the
-    checkpoints monitor (``loss=0.350, val_acc=0.834``), instead of every metric logged to the bar."""
+    run is judged by (``monitored_metric``: ``loss=0.350, val_acc=0.834``), instead of every metric logged to the
+    bar."""
 
     def get_metrics(
         self, trainer: Trainer, pl_module: LightningModule
@@ -440,7 +445,7 @@ class RunProgressBar(TQDMProgressBar):
             if name in metrics:
                 shown["loss"] = metrics[name]
                 break
-        monitor = _monitored(trainer)
+        monitor, _ = monitored_metric(trainer, pl_module)
         if monitor in metrics:
             shown[monitor.replace("/", "_")] = metrics[monitor]
         return shown
