@@ -31,6 +31,9 @@ from datamodules import make_nth_farthest  # noqa: E402
 from rrn_lightning import LSTMCore, RelationalMemory  # noqa: E402
 from rrn_lightning.tasks.base import mlp  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import lstm_hidden_for  # noqa: E402  (the speed benchmark's equal-parameter LSTM)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -75,14 +78,6 @@ class FlatMLPInput(nn.Module):
         return xs.flatten(1)[:, None], None  # [B, 1, K * D]: one 'step' holding everything
 
 
-def equal_lstm_units(rmc_parameters: int, input_width: int) -> int:
-    """The LSTM width whose parameter count (4h(d + h) + 8h) is closest to ``rmc_parameters``."""
-    root = (-(input_width + 2) + math.sqrt((input_width + 2) ** 2 + rmc_parameters)) / 2
-    return min(
-        (math.floor(root), math.ceil(root)), key=lambda h: abs(4 * h * (input_width + h + 2) - rmc_parameters)
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -105,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.model == "rmc":
         core = rmc
     elif args.model == "lstm":
-        units = args.hidden_size or equal_lstm_units(sum(p.numel() for p in rmc.parameters()), rows * D)
+        units = args.hidden_size or lstm_hidden_for(sum(p.numel() for p in rmc.parameters()), rows * D)
         core = LSTMCore(D, units, input_rows=rows)
     else:
         core = FlatMLPInput(K, D)
@@ -148,7 +143,6 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     train = torch.Generator().manual_seed(1000 + args.seed)
-    grad_core = grad_head = 0.0
     started, training_time = time.perf_counter(), 0.0
     print(json.dumps({"args": vars(args), "core_parameters": sum(p.numel() for p in core.parameters())}))
     for step in range(1, args.steps + 1):

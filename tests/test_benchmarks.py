@@ -134,4 +134,4 @@ def test_nth_farthest_diagnose_smoke():
         assert last["shortcut_loss"] == round(0.75 * math.log(3), 4)
         assert "wall_seconds" in lines[-1]
     # The LSTM baseline matches the RMC's core parameters as closely as a whole number of units can.
-    assert nth_farthest_diagnose.equal_lstm_units(63744, 64) == 97
+    assert nth_farthest_diagnose.lstm_hidden_for(63744, 64) == 97
