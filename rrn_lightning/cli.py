@@ -171,6 +171,21 @@ def _option_values(args: list[str], *names: str) -> list[str]:
     return values
 
 
+# --print_config's flags, as jsonargparse names them -> the keyword of its parser's dump.
+PRINT_CONFIG_FLAGS = {"skip_default": "skip_default", "skip_unset": "skip_unset", "comments": "with_comments"}
+
+
+def _take_print_config(args: list[str]) -> tuple[list[str], str | None]:
+    """The arguments without ``--print_config[=FLAGS]``, and its flags ("" for none; None where not given)."""
+    kept, flags = [], None
+    for arg in args:
+        if arg == "--print_config" or str(arg).startswith("--print_config="):
+            flags = str(arg).partition("=")[2]
+        else:
+            kept.append(arg)
+    return kept, flags
+
+
 def _run_config_file(ckpt_path: str) -> Path | None:
     """Where the config.yaml of a checkpoint's run is (``runs/<name>/version_N/config.yaml``); None for a checkpoint
     outside a run folder."""
@@ -192,6 +207,8 @@ def _init_arguments(class_path: str) -> list[str]:
 class RRNCLI(LightningCLI):
     """LightningCLI with data-derived sizes linked into the model, a run folder per config under
     ``trainer.default_root_dir``, checkpoints that resume exactly, and a guard against non-finite losses."""
+
+    _print_config_flags: str | None = None  # --print_config's, taken out of the arguments by parse_arguments
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -265,7 +282,8 @@ class RRNCLI(LightningCLI):
                         "silently.\n",
                     )
             RRNArgumentParser.config_files = tuple(_option_values(list(given), "--config", "-c"))
-            with_config = self._with_run_config(parser, list(given))
+            without_print, self._print_config_flags = _take_print_config(list(given))
+            with_config = self._with_run_config(parser, without_print)
             if with_config != list(given):
                 args = with_config
                 # Lightning warns when args are given beside sys.argv; here they are sys.argv with the run's config.
@@ -432,12 +450,19 @@ class RRNCLI(LightningCLI):
             # The learning rate beside the loss curves (lr-Adam, ...), whatever the scheduler makes of it.
             if not any(str(getattr(c, "class_path", "")).endswith("LearningRateMonitor") for c in callbacks):
                 callbacks.append(Namespace(class_path=LR_MONITOR, init_args=Namespace()))
-        # A progress bar that fits 80 columns, and where the run went at the end.
-        if config.trainer.enable_progress_bar is not False and not any(
+        # A progress bar that fits 80 columns, and where the run went at the end. The bar off drops ours where a
+        # config names it (a --print_config output used as a config, say).
+        if config.trainer.enable_progress_bar is False:
+            callbacks = [c for c in callbacks if not str(getattr(c, "class_path", "")).endswith("RunProgressBar")]
+        elif not any(
             "ProgressBar" in str(getattr(c, "class_path", "")) for c in callbacks
         ):
             callbacks.append(Namespace(class_path="rrn_lightning.runs.RunProgressBar", init_args=Namespace()))
-        if self.subcommand in ("fit", "validate", "test") and config.trainer.logger is not False:
+        if (
+            self.subcommand in ("fit", "validate", "test")
+            and config.trainer.logger is not False
+            and not any(str(getattr(c, "class_path", "")).endswith("RunSummary") for c in callbacks)
+        ):
             callbacks.append(Namespace(class_path="rrn_lightning.runs.RunSummary", init_args=Namespace()))
         if self.subcommand == "predict":
             if not any(str(getattr(c, "class_path", "")).endswith("PredictionWriter") for c in callbacks):
@@ -445,6 +470,26 @@ class RRNCLI(LightningCLI):
                     Namespace(class_path="rrn_lightning.runs.PredictionWriter", init_args=Namespace())
                 )
         config.trainer.callbacks = callbacks
+        if self._print_config_flags is not None:
+            self._print_config(config)
+
+    def _print_config(self, config: Namespace) -> None:
+        """``--print_config``, printed here rather than while parsing (jsonargparse's way) so that it shows what
+        will run: the run folder resolved, a checkpoint's model, the logger and the callbacks added above."""
+        kwargs = {"skip_unset": False}
+        for flag in filter(None, self._print_config_flags.split(",")):
+            if flag not in PRINT_CONFIG_FLAGS:
+                self.parser.exit(
+                    2,
+                    f"rrn: error: --print_config={self._print_config_flags}: no flag {flag!r}; the flags are "
+                    f"{', '.join(PRINT_CONFIG_FLAGS)}, separated by commas.\n",
+                )
+            kwargs[PRINT_CONFIG_FLAGS[flag]] = True
+        parser = self._parser(self.subcommand)
+        # Parsed once more so that the classes added above show their arguments' defaults, as the config's own do.
+        with_defaults = parser.parse_string(parser.dump(config, skip_unset=False))
+        sys.stdout.write(parser.dump(with_defaults, **kwargs))
+        self.parser.exit()
 
     def after_fit(self) -> None:
         trainer = self.trainer

@@ -346,3 +346,29 @@ def test_progress_bar_fits_80_columns_and_runs_end_with_a_summary(tmp_path, caps
         lines = capsys.readouterr().out.splitlines()  # before Lightning's table of the metrics
         at = lines.index(f"run: {run} ({done} checkpoint {run / 'checkpoints' / 'last.ckpt'})")
         assert lines[at + 1] == f"tensorboard --logdir {run.parent}"
+
+
+def test_print_config_shows_what_will_run(tmp_path, capsys, monkeypatch):
+    """--print_config after the run is resolved: the TensorBoard logger in its run folder and the callbacks rrn adds
+    (issue 20: it showed logger: null and callbacks: null); the printed config runs as a config file itself."""
+    monkeypatch.chdir(tmp_path)
+    config = str(EXPERIMENTS / "nth_farthest" / "rmc_cpu.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", config, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: rrn_lightning.runs.RunLogger" in printed
+    assert f"save_dir: {tmp_path / 'runs'}" in printed and "name: nth_farthest_rmc_cpu" in printed
+    for callback in ("lightning.pytorch.callbacks.LearningRateMonitor", "rrn_lightning.runs.RunProgressBar",
+                     "rrn_lightning.runs.RunSummary"):
+        assert printed.count(f"class_path: {callback}\n") == 1
+    assert "log_momentum: false" in printed  # an added callback's defaults, as the config's own classes show them
+    assert not (tmp_path / "runs").exists()  # printing runs nothing
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", config, "--print_config=skip_default,nonsense"])
+    assert "no flag 'nonsense'" in capsys.readouterr().err
+    (tmp_path / "printed.yaml").write_text(printed)
+    cli = cli_main(["fit", "--config", "printed.yaml", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+                    "--trainer.enable_progress_bar=false", *SMALL_DATA])
+    names = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert names.count("RunSummary") == 1 and names.count("LearningRateMonitor") == 1
