@@ -3,20 +3,32 @@ are put into words (``describe_seq2seq``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from rrn_lightning.common import ExampleText, Seq2SeqBatch
+from rrn_lightning.common import ConfigurationError, ExampleText, Seq2SeqBatch
+
+# The evaluation split `rrn predict` reads (the data modules' ``predict_split`` argument).
+PredictSplit = Literal["validation", "test"]
+
+
+def check_predict_split(owner: str, predict_split: str) -> None:
+    if predict_split not in ("validation", "test"):
+        raise ConfigurationError(
+            f"{owner}: predict_split must be 'validation' or 'test', got predict_split={predict_split!r}."
+        )
 
 
 class FixedEvaluationSets:
     """``val_size`` and ``test_size`` examples, in batches of ``batch_size``, drawn once from ``val_seed`` and
     ``test_seed`` and kept for every later evaluation. A data module supplies the random source a seed starts
-    (``_eval_source``) and how a batch of n examples is drawn from it (``_eval_batch``)."""
+    (``_eval_source``) and how a batch of n examples is drawn from it (``_eval_batch``). ``rrn predict`` reads
+    the split named by ``predict_split``."""
 
     batch_size: int
+    predict_split: PredictSplit
     val_size: int
     test_size: int
     val_seed: int
@@ -48,8 +60,7 @@ class FixedEvaluationSets:
         return DataLoader(self._eval_batches("test"), batch_size=None)
 
     def predict_dataloader(self) -> DataLoader:
-        """``rrn predict`` reads the test set."""
-        return self.test_dataloader()
+        return self.val_dataloader() if self.predict_split == "validation" else self.test_dataloader()
 
 
 def describe_seq2seq(

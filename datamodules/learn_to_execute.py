@@ -33,7 +33,7 @@ from rrn_lightning.common import (
     check_positive_ints,
 )
 
-from ._evaluation import FixedEvaluationSets, describe_seq2seq
+from ._evaluation import FixedEvaluationSets, PredictSplit, check_predict_split, describe_seq2seq
 from ._resumable import EpochBatches, rank_of, stream_seed, training_loader
 from .programs import TASKS, generate
 
@@ -204,6 +204,7 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
         val_size, test_size: Examples in the fixed evaluation sets.
         num_workers: Data-loader workers generating training batches (0: in the main process).
         train_seed, val_seed, test_seed: Seeds.
+        predict_split: The split ``rrn predict`` reads, ``"validation"`` or ``"test"``.
     """
 
     def __init__(
@@ -222,6 +223,7 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
         train_seed: int = 0,
         val_seed: int = 1,
         test_seed: int = 2,
+        predict_split: PredictSplit = "test",
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -245,6 +247,7 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
             raise ConfigurationError(
                 f"{name}: num_workers must be 0 or more, got num_workers={num_workers!r}."
             )
+        check_predict_split(name, predict_split)
         self.save_hyperparameters()
         self.task, self.length, self.nesting = task, length, nesting
         self.curriculum = Curriculum(
@@ -253,6 +256,7 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.val_size, self.test_size, self.num_workers = val_size, test_size, num_workers
         self.train_seed, self.val_seed, self.test_seed = train_seed, val_seed, test_seed
+        self.predict_split = predict_split
 
     @property
     def input_size(self) -> int:

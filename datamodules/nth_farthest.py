@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rrn_lightning.common import ClassificationBatch, ConfigurationError, ExampleText, check_positive_ints
 
+from ._evaluation import PredictSplit, check_predict_split
 from ._resumable import SeededBatches, rank_of, training_loader
 
 __all__ = ["NthFarthestDataModule", "make_nth_farthest"]
@@ -116,6 +117,7 @@ class NthFarthestDataModule(LightningDataModule):
         test_seed: Seed of the test set.
         presentation: ``"sequence"`` (one vector per step, the paper's) or ``"set"`` (all vectors at every step).
         set_steps: Steps of a ``"set"`` example (each reads all K vectors); ignored for ``"sequence"``.
+        predict_split: The split ``rrn predict`` reads, ``"validation"`` or ``"test"``.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class NthFarthestDataModule(LightningDataModule):
         test_seed: int = 2,
         presentation: Presentation = "sequence",
         set_steps: int = 1,
+        predict_split: PredictSplit = "test",
     ) -> None:
         super().__init__()
         check_positive_ints(
@@ -153,6 +156,7 @@ class NthFarthestDataModule(LightningDataModule):
                 f"NthFarthestDataModule: num_vectors must be at least 2 for the task to mean anything, "
                 f"got num_vectors={num_vectors}."
             )
+        check_predict_split(type(self).__name__, predict_split)
         self.save_hyperparameters()
         self.num_vectors = num_vectors
         self.num_features = num_features
@@ -165,6 +169,7 @@ class NthFarthestDataModule(LightningDataModule):
         self.test_seed = test_seed
         self.presentation = presentation
         self.set_steps = set_steps
+        self.predict_split = predict_split
         self._eval_sets: dict[str, _Examples] = {}
 
     @property
@@ -211,7 +216,7 @@ class NthFarthestDataModule(LightningDataModule):
         return DataLoader(self._eval_set("test"), batch_size=self.batch_size, collate_fn=_Examples.collate)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        return self.val_dataloader() if self.predict_split == "validation" else self.test_dataloader()
 
     def describe_example(
         self, batch: ClassificationBatch, index: int, prediction: Tensor | None

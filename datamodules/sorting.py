@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from rrn_lightning.common import ConfigurationError, ExampleText, Seq2SeqBatch, check_positive_ints
 
-from ._evaluation import FixedEvaluationSets, describe_seq2seq
+from ._evaluation import FixedEvaluationSets, PredictSplit, check_predict_split, describe_seq2seq
 from ._resumable import SeededBatches, rank_of, training_loader
 
 __all__ = ["SortingDataModule", "make_sorting"]
@@ -54,6 +54,7 @@ class SortingDataModule(FixedEvaluationSets, LightningDataModule):
         batches_per_epoch: Training batches in one epoch.
         val_size, test_size: Examples in the fixed evaluation sets.
         train_seed, val_seed, test_seed: Seeds.
+        predict_split: The split ``rrn predict`` reads, ``"validation"`` or ``"test"``.
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class SortingDataModule(FixedEvaluationSets, LightningDataModule):
         train_seed: int = 0,
         val_seed: int = 1,
         test_seed: int = 2,
+        predict_split: PredictSplit = "test",
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -94,11 +96,13 @@ class SortingDataModule(FixedEvaluationSets, LightningDataModule):
             raise ConfigurationError(
                 f"{name}: need low < high (integers for numbers='int'), got low={low!r}, high={high!r}."
             )
+        check_predict_split(name, predict_split)
         self.save_hyperparameters()
         self.length, self.numbers, self.low, self.high, self.target = length, numbers, low, high, target
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.val_size, self.test_size = val_size, test_size
         self.train_seed, self.val_seed, self.test_seed = train_seed, val_seed, test_seed
+        self.predict_split = predict_split
 
     @property
     def input_size(self) -> int:

@@ -29,6 +29,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule
@@ -260,6 +261,13 @@ class RRNCLI(LightningCLI):
         for action in subcommands._choices_actions:
             if action.dest in SUBCOMMAND_HELP:
                 action.help = SUBCOMMAND_HELP[action.dest]
+        subcommands._name_parser_map["predict"].add_argument(
+            "--predict_split",
+            type=Literal["validation", "test"] | None,
+            default=None,
+            help="The evaluation split to predict, validation or test (default: the data module's predict_split, "
+            "test unless the config says otherwise); its targets are saved beside the predictions.",
+        )
         for name, subparser in subcommands._name_parser_map.items():
             if name in SUBCOMMAND_HELP:
                 subparser.description = SUBCOMMAND_HELP[name]
@@ -465,13 +473,30 @@ class RRNCLI(LightningCLI):
         ):
             callbacks.append(Namespace(class_path="rrn_lightning.runs.RunSummary", init_args=Namespace()))
         if self.subcommand == "predict":
+            split = self._predict_split(config)
             if not any(str(getattr(c, "class_path", "")).endswith("PredictionWriter") for c in callbacks):
                 callbacks.append(
-                    Namespace(class_path="rrn_lightning.runs.PredictionWriter", init_args=Namespace())
+                    Namespace(class_path="rrn_lightning.runs.PredictionWriter", init_args=Namespace(split=split))
                 )
         config.trainer.callbacks = callbacks
         if self._print_config_flags is not None:
             self._print_config(config)
+
+    def _predict_split(self, config: Namespace) -> str | None:
+        """The split ``rrn predict`` reads: ``--predict_split`` put into the data module's ``predict_split``
+        argument, else that argument as configured; None for a data module without one."""
+        data = config.get("data")
+        class_path = str(getattr(data, "class_path", ""))
+        accepts = "predict_split" in _init_arguments(class_path)
+        if config.get("predict_split") is not None:
+            if not accepts:
+                self.parser.exit(
+                    2,
+                    f"rrn: error: --predict_split={config.predict_split}: {class_path.rpartition('.')[2]} has no "
+                    "predict_split (its predict_dataloader decides what is predicted); leave the option out.\n",
+                )
+            data.init_args.predict_split = config.predict_split
+        return data.init_args.get("predict_split") if accepts else None
 
     def _print_config(self, config: Namespace) -> None:
         """``--print_config``, printed here rather than while parsing (jsonargparse's way) so that it shows what

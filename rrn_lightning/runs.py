@@ -371,17 +371,19 @@ def _last_words(trainer: Trainer) -> str:
 
 # ---------------------------------------------------------------------------------------------- predictions
 class PredictionWriter(BasePredictionWriter):
-    """``rrn predict`` writes what ``predict_step`` returns to ``<run folder>/predictions.pt`` (one file per rank
-    under DDP: ``predictions-rank<r>.pt``): a dict of tensors, each the batches' values concatenated along the first
-    dimension, shorter sequences padded with -100 to the longest. Read it with ``torch.load(path)``.
+    """``rrn predict`` writes what ``predict_step`` returns to ``<run folder>/predictions_<split>.pt`` (one file per
+    rank under DDP: ``predictions_<split>-rank<r>.pt``): a dict of tensors, each the batches' values concatenated
+    along the first dimension, shorter sequences padded with -100 to the longest. Read it with ``torch.load(path)``.
 
     Args:
-        filename: File name inside the run folder.
+        split: The evaluation split predicted (``validation`` or ``test``), which names the file; None for data
+            whose predictions come from no named split (the file is then ``predictions.pt``).
     """
 
-    def __init__(self, filename: str = "predictions.pt") -> None:
+    def __init__(self, split: str | None = None) -> None:
         super().__init__(write_interval="epoch")
-        self.filename = filename
+        self.split = split
+        self.filename = "predictions.pt" if split is None else f"predictions_{split}.pt"
         self.path: Path | None = None
 
     def write_on_epoch_end(
@@ -404,7 +406,8 @@ class PredictionWriter(BasePredictionWriter):
         torch.save(merged, partial)
         os.replace(partial, self.path)
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in merged.items())
-        print(f"rrn predict: wrote {self.path} ({shapes})")
+        split = "" if self.split is None else f"the {self.split} split, "
+        print(f"rrn predict: wrote {self.path} ({split}{len(next(iter(merged.values())))} examples: {shapes})")
 
 
 def _concatenate(tensors: list[Tensor]) -> Tensor:

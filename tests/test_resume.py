@@ -339,7 +339,7 @@ def test_a_checkpoint_alone_is_enough(tmp_path, monkeypatch, capsys):
         )
         assert (run / f"config_{subcommand}.yaml").is_file()
     cli_main(["predict", checkpoint, *QUIET])
-    assert torch.load(run / "predictions.pt", weights_only=True)["prediction"].shape == (8,)
+    assert torch.load(run / "predictions_test.pt", weights_only=True)["prediction"].shape == (8,)
     cli = cli_main(["fit", checkpoint, "--trainer.max_epochs=2", *QUIET])
     assert cli.trainer.global_step == 6
     assert [path.name for path in run.parent.iterdir()] == ["version_0"]
@@ -366,13 +366,31 @@ def test_fast_dev_run_writes_no_checkpoint(tmp_path):
 def test_predict_writes_predictions_in_the_run_folder(tmp_path, capsys):
     root = f"--trainer.default_root_dir={tmp_path}"
     cli_main(["fit", *SMALL, root])
-    cli_main(["predict", *SMALL, root, "--ckpt_path=last"])
-    path = tmp_path / "nth_farthest_rmc_cpu" / "version_0" / "predictions.pt"
-    assert f"wrote {path}" in capsys.readouterr().out
+    data = cli_main(["predict", *SMALL, root, "--ckpt_path=last"]).datamodule
+    run = tmp_path / "nth_farthest_rmc_cpu" / "version_0"
+    path = run / "predictions_test.pt"
+    assert f"rrn predict: wrote {path} (the test split, 8 examples: " in capsys.readouterr().out
     predictions = torch.load(path, weights_only=True)
     assert predictions["prediction"].shape == (8,) and predictions["probabilities"].shape == (8, 4)
     assert torch.allclose(predictions["probabilities"].sum(-1), torch.ones(8))
-    assert (tmp_path / "nth_farthest_rmc_cpu" / "version_0" / "config_predict.yaml").is_file()
+    assert (run / "config_predict.yaml").is_file()
+    # The targets beside the predictions: the test set's labels, which the data module gives for that split.
+    labels = torch.cat([batch.labels for batch in data.test_dataloader()])
+    assert torch.equal(predictions["target"], labels)
+
+    # --predict_split validation: the validation set, into its own file; the test predictions stay.
+    cli_main(["predict", *SMALL, root, "--ckpt_path=last", "--predict_split=validation"])
+    assert f"wrote {run / 'predictions_validation.pt'} (the validation split, 8 examples" in capsys.readouterr().out
+    validation = torch.load(run / "predictions_validation.pt", weights_only=True)
+    assert torch.equal(validation["target"], torch.cat([batch.labels for batch in data.val_dataloader()]))
+    assert path.is_file() and not torch.equal(validation["target"], predictions["target"])
+    # The same as a config key of the data module; a split that is not one is named in one line.
+    cli_main(["predict", *SMALL, root, "--ckpt_path=last", "--data.init_args.predict_split=validation"])
+    assert "the validation split" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["predict", *SMALL, root, "--ckpt_path=last", "--predict_split=train"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 3 and "--predict_split=train" in err[0] and "validation, test" in " ".join(err)
 
 
 def test_max_time_stop_is_reported(tmp_path, capsys):

@@ -317,6 +317,13 @@ def test_fit_test_and_generate_from_the_checkpoint(corpus, tmp_path, capsys):
     text = generate_text(ckpt, prompt="four score", length=12, seed=0)
     assert text.startswith("four score") and len(text.replace("\n", " ").split()) >= 12
     assert text == generate_text(ckpt, prompt="four score", length=12, seed=0)
+    # rrn predict has nothing to write for a language model, and a corpus has no predict_split to choose.
+    with pytest.raises(SystemExit):
+        cli_main(["predict", *common, f"--ckpt_path={ckpt}"])
+    assert "has no predictions to write; use `rrn test`" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["predict", *common, f"--ckpt_path={ckpt}", "--predict_split=validation"])
+    assert "WordLMDataModule has no predict_split" in capsys.readouterr().err
     # A different vocabulary is refused with a clear message.
     (corpus / "train.txt").write_text("a different corpus entirely\n")
     with pytest.raises(SystemExit):

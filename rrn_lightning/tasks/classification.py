@@ -163,4 +163,7 @@ class SequenceClassifier(TaskModule):
     def predict_step(self, batch: ClassificationBatch | Tensor, batch_idx: int) -> dict[str, Tensor]:
         batch = unpack_batch(batch)
         probabilities = self(batch.inputs, batch.lengths).softmax(-1)
-        return {"prediction": probabilities.argmax(-1), "probabilities": probabilities}
+        out = {"prediction": probabilities.argmax(-1), "probabilities": probabilities}
+        if batch.labels is not None:  # an evaluation split's examples: their labels beside the predictions
+            out["target"] = batch.labels
+        return out
