@@ -131,6 +131,7 @@ def test_fit_logs_the_learning_rate(tmp_path):
     assert not any(type(c).__name__ == "LearningRateMonitor" for c in cli.trainer.callbacks)
 
 
+@pytest.mark.smoke
 def test_test_subcommand_reads_a_checkpoint(tmp_path):
     config = EXPERIMENTS / "nth_farthest" / "lstm_cpu.yaml"
     common = [
@@ -177,6 +178,7 @@ def test_unknown_key_fails_readably(tmp_path, capsys):
     assert "mem_slotz" in capsys.readouterr().err
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -316,6 +318,7 @@ def test_group_accuracy_per_group_and_none_without_groups():
         model.on_validation_epoch_end()
 
 
+@pytest.mark.smoke
 def test_progress_bar_fits_80_columns_and_runs_end_with_a_summary(tmp_path, capsys):
     """The bar shows the training loss and the monitored metric only; fit, validate and test end by saying where
     the run is, what it reached and how to look at it."""
@@ -348,6 +351,7 @@ def test_progress_bar_fits_80_columns_and_runs_end_with_a_summary(tmp_path, caps
         assert lines[at + 1] == f"tensorboard --logdir {run.parent}"
 
 
+@pytest.mark.smoke
 def test_print_config_shows_what_will_run(tmp_path, capsys, monkeypatch):
     """--print_config after the run is resolved: the TensorBoard logger in its run folder and the callbacks rrn adds
     (issue 20: it showed logger: null and callbacks: null); the printed config runs as a config file itself."""

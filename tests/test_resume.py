@@ -154,6 +154,7 @@ def lm_args(tmp_path: Path) -> list[str]:
     return [f"--config={config}"]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize(
     "family,kill_at,final_step",
     [("nth_farthest", 7, 20), ("learn_to_execute", 7, 24), ("word_lm", 8, 46)],
@@ -307,6 +308,7 @@ def test_resume_last_without_a_checkpoint_fails_unless_asked_to_start(tmp_path, 
     assert (tmp_path / "nth_farthest_rmc_cpu" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.smoke
 def test_resume_from_the_default_relative_root_keeps_best_checkpoint_tracking(tmp_path, monkeypatch):
     """The README's commands from a working directory, with the default relative ``runs/``: the resumed run knows
     its best checkpoint, so save_top_k=1 keeps one best file (Lightning drops the tracking when the checkpoint
@@ -325,6 +327,7 @@ def test_resume_from_the_default_relative_root_keeps_best_checkpoint_tracking(tm
     assert not (tmp_path / "runs" / "nth_farthest_rmc_cpu" / "version_1").exists()
 
 
+@pytest.mark.smoke
 def test_a_checkpoint_alone_is_enough(tmp_path, monkeypatch, capsys):
     """``rrn validate|test|predict|fit --ckpt_path FILE`` without --config: the run's saved config.yaml rebuilds the
     model and the data, and everything goes to that run's folder (no new version)."""
@@ -363,6 +366,7 @@ def test_fast_dev_run_writes_no_checkpoint(tmp_path):
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.smoke
 def test_predict_writes_predictions_in_the_run_folder(tmp_path, capsys):
     root = f"--trainer.default_root_dir={tmp_path}"
     cli_main(["fit", *SMALL, root])

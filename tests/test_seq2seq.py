@@ -302,6 +302,7 @@ def test_decoder_state_must_match():
         tiny_seq2seq(decoder_core=LSTMCore(V, 16))
 
 
+@pytest.mark.smoke
 # --------------------------------------------------------------------- configs
 @pytest.mark.parametrize("config", CONFIGS, ids=[f"{c.parent.name}/{c.stem}" for c in CONFIGS])
 def test_every_seq2seq_config_runs_fast_dev_run(config, tmp_path):

@@ -302,6 +302,7 @@ def test_every_lm_config_runs_fast_dev_run(config, corpus, tmp_path):
     assert math.isfinite(cli.trainer.callback_metrics["train/loss"].item())
 
 
+@pytest.mark.smoke
 def test_fit_test_and_generate_from_the_checkpoint(corpus, tmp_path, capsys):
     config = CONFIGS[[c.name for c in CONFIGS].index("ptb_lstm_small.yaml")]
     common = [f"--config={config}", *overrides(corpus, tmp_path)]
