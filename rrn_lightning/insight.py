@@ -19,8 +19,8 @@ and ``test/`` scalars:
   seed) or ``samples/examples`` (a few examples with their target and the model's output).
 
 The images are drawn from tensors (the colours) with Pillow's ``ImageDraw`` for the labels (Pillow is already
-needed: TensorBoard's image summaries are PNGs that torch's writer encodes with it). The size of an attention image
-is ``AttentionLayout.size``. Only rank 0 draws and writes; the probes run eagerly (a compiled step would compile a
+needed: TensorBoard's image summaries are PNGs that torch's writer encodes with it). An attention image is at most
+about a TensorBoard card wide (``AttentionLayout.size``), so its labels read without enlarging it. Only rank 0 draws and writes; the probes run eagerly (a compiled step would compile a
 graph of its own for them) in eval mode without gradients.
 """
 
@@ -51,14 +51,19 @@ __all__ = ["AttentionLayout", "Insight", "attention_image", "colorize"]
 _COLORS = torch.tensor(
     [[0.05, 0.03, 0.24], [0.16, 0.24, 0.55], [0.12, 0.55, 0.55], [0.43, 0.78, 0.35], [0.98, 0.90, 0.16]]
 )
+# Sizes in pixels. TensorBoard's Time Series cards fit an image into a box of about 440 x 200 pixels (in a window
+# 1600 wide), scaling it down when it is larger: the grid is drawn to fit that box so its labels stay readable
+# without "Show actual image size".
+CARD_WIDTH = 440
+CARD_HEIGHT = 200
+MIN_WIDTH = 240  # narrower grids (one slot, a few steps) still get room for a caption
 FONT_SIZE = 11
 LINE = 14  # pixels per line of text
-GAP = 10  # pixels between cells
-LEFT = 64  # row labels ("block 1 head 2") and the slot numbers
+GAP = 6  # pixels between cells
+LEFT = 30  # row labels ("h1", "b1h2") and the slot numbers
 TOP = 2 * LINE + 4  # the title, then the column headers (time step and what is read there)
 TICKS = LINE  # the key labels under the last row of cells
-RIGHT = 44  # the colour bar and its labels
-MAX_CAPTION_WIDTH = 1400
+RIGHT = 22  # the colour bar and its labels
 
 
 def colorize(values: Tensor) -> Tensor:
@@ -73,19 +78,22 @@ def colorize(values: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class AttentionLayout:
     """The geometry of an attention image: ``rows`` cells down (blocks x heads), ``columns`` across (time steps),
-    each cell ``slots`` x ``keys`` entries of ``scale`` pixels, and ``caption_lines`` lines of text below."""
+    each cell ``slots`` x ``keys`` entries of ``scale`` pixels; a title line and the column headers above, the key
+    labels and ``caption_lines`` lines of text below."""
 
     rows: int
     columns: int
     slots: int
     keys: int
-    caption_lines: int
-    caption_width: int = 0  # the widest caption line, in pixels
+    caption_lines: int = 0
 
     @property
     def scale(self) -> int:
-        """Pixels per attention weight: cells about 96 pixels across, 6 to 20 pixels per entry."""
-        return max(6, min(20, 96 // max(self.slots, self.keys)))
+        """Pixels per attention weight: as many as fit the grid into ``CARD_WIDTH`` x ``CARD_HEIGHT``, 3 to 20."""
+        width_room = CARD_WIDTH - LEFT - RIGHT - self.columns * GAP
+        height_room = CARD_HEIGHT - TOP - TICKS - GAP - self.caption_lines * LINE - self.rows * GAP
+        per_entry = min(width_room // (self.columns * self.keys), height_room // (self.rows * self.slots))
+        return max(3, min(20, per_entry))
 
     @property
     def grid_width(self) -> int:
@@ -93,11 +101,9 @@ class AttentionLayout:
 
     @property
     def size(self) -> tuple[int, int]:
-        """``(width, height)`` in pixels: the grid, or the caption if wider (up to ``MAX_CAPTION_WIDTH``)."""
-        width = max(self.grid_width, min(self.caption_width + 2 * GAP, MAX_CAPTION_WIDTH))
-        height = (
-            TOP + self.rows * (self.slots * self.scale + GAP) + TICKS + GAP + self.caption_lines * LINE + GAP
-        )
+        """``(width, height)`` in pixels: the grid's width, at least ``MIN_WIDTH``."""
+        width = max(self.grid_width, MIN_WIDTH)
+        height = TOP + self.rows * (self.slots * self.scale + GAP) + TICKS + GAP + self.caption_lines * LINE
         return width, height
 
 
@@ -117,60 +123,57 @@ def attention_image(
     ``[height, width, 3]`` uint8 (``AttentionLayout.size``): a grid of cells, one per block and head (rows) and
     step (columns). A cell's rows are the memory slots as queries (0..N-1), its columns the keys: the slots, then
     the input rows (``x``). Weights map to colours on a fixed 0..1 scale (the bar on the right); each row of a
-    cell sums to 1. ``step_labels[t]`` (what the core read at step t) heads each column; ``caption`` goes below."""
+    cell sums to 1. ``step_labels[t]`` (what the core read at step t) heads each column; ``title`` goes above and
+    ``caption`` below, wrapped to the image's width."""
     from PIL import Image, ImageDraw
 
     T, blocks, heads, N, K = attention.shape
     font = _font()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    caption_width = max((int(measure.textlength(line, font=font)) for line in caption), default=0)
-    layout = AttentionLayout(blocks * heads, len(steps), N, K, len(caption), caption_width)
+    # The caption wraps to the width the grid has without it (at most CARD_WIDTH); its lines then make the cells
+    # smaller so that the whole image still fits a card.
+    text_width = max(AttentionLayout(blocks * heads, len(steps), N, K).grid_width, MIN_WIDTH) - 4
+    caption_lines = [part for line in caption for part in _wrap(measure, line, text_width, font)]
+    layout = AttentionLayout(blocks * heads, len(steps), N, K, len(caption_lines))
     width, height = layout.size
-    s = layout.scale
+    s, top = layout.scale, TOP
     canvas = torch.full((height, width, 3), 255, dtype=torch.uint8)
     cell_w, cell_h = K * s + GAP, N * s + GAP
     for column, t in enumerate(steps):
         for row in range(blocks * heads):
             weights = attention[t, row // heads, row % heads]  # [N, K]
             pixels = colorize(weights).repeat_interleave(s, 0).repeat_interleave(s, 1)  # [N*s, K*s, 3]
-            y, x = TOP + row * cell_h, LEFT + column * cell_w
+            y, x = top + row * cell_h, LEFT + column * cell_w
             canvas[y : y + N * s, x : x + K * s] = pixels
-    bar_x, bar_top, bar_height = (
-        layout.grid_width - RIGHT + GAP,
-        TOP,
-        max(layout.rows * cell_h - GAP, LINE * 2),
-    )
-    ramp = torch.linspace(1, 0, bar_height)[:, None].expand(bar_height, 8)  # [height, 8]: 1 at the top
-    canvas[bar_top : bar_top + bar_height, bar_x : bar_x + 8] = colorize(ramp)
+    bar_x, bar_height = layout.grid_width - RIGHT + 4, max(layout.rows * cell_h - GAP, LINE * 2)
+    ramp = torch.linspace(1, 0, bar_height)[:, None].expand(bar_height, 6)  # [height, 6]: 1 at the top
+    canvas[top : top + bar_height, bar_x : bar_x + 6] = colorize(ramp)
 
     image = Image.fromarray(canvas.numpy())
     draw = ImageDraw.Draw(image)
     black, grey = (0, 0, 0), (90, 90, 90)
-    draw.text(
-        (GAP, 2),
-        title or "attention: memory slots (rows) over slots and input x (columns)",
-        fill=black,
-        font=font,
-    )
+    title = title or "attention: slots (rows) over slots and input x"
+    draw.text((2, 2), _fit(draw, title, width - 4, font), fill=black, font=font)
     for column, t in enumerate(steps):
         x = LEFT + column * cell_w
         label = f"t={t}: {step_labels[t]}" if t < len(step_labels) and step_labels[t] else f"t={t}"
-        draw.text((x, LINE + 2), _fit(draw, label, cell_w - 2, font), fill=black, font=font)
-        y = TOP + layout.rows * cell_h - GAP + 1
+        draw.text((x, top - LINE - 2), _fit(draw, label, cell_w - 2, font), fill=black, font=font)
+        y = top + layout.rows * cell_h - GAP + 1
         for k in range(K):  # key labels under the last row: slot numbers, then x for the input rows
-            draw.text((x + k * s + 1, y), str(k) if k < N else "x", fill=grey, font=font)
+            if s >= 7 or k in (0, N - 1, N):
+                draw.text((x + k * s + max(0, s - 6) // 2, y), str(k) if k < N else "x", fill=grey, font=font)
     for row in range(blocks * heads):
-        y = TOP + row * cell_h
-        name = f"head {row % heads}" if blocks == 1 else f"b{row // heads} h{row % heads}"
-        draw.text((2, y), name, fill=black, font=font)
+        y = top + row * cell_h
+        name = f"h{row % heads}" if blocks == 1 else f"b{row // heads}h{row % heads}"
+        draw.text((1, y), name, fill=black, font=font)
         for n in range(N):  # slot numbers beside the first column
             if s >= 9 or n in (0, N - 1):
-                draw.text((LEFT - 12, y + n * s + (s - FONT_SIZE) // 2), str(n), fill=grey, font=font)
-    draw.text((bar_x + 10, bar_top - 2), "1", fill=grey, font=font)
-    draw.text((bar_x + 10, bar_top + bar_height - LINE + 2), "0", fill=grey, font=font)
-    y = TOP + layout.rows * cell_h + TICKS + GAP // 2
-    for line in caption:
-        draw.text((GAP, y), _fit(draw, line, width - 2 * GAP, font), fill=black, font=font)
+                draw.text((LEFT - 8, y + n * s + (s - FONT_SIZE) // 2), str(n), fill=grey, font=font)
+    draw.text((bar_x + 8, top - 2), "1", fill=grey, font=font)
+    draw.text((bar_x + 8, top + bar_height - LINE + 2), "0", fill=grey, font=font)
+    y = top + layout.rows * cell_h + TICKS + GAP // 2
+    for line in caption_lines:
+        draw.text((2, y), line, fill=black, font=font)
         y += LINE
     return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
 
@@ -182,6 +185,18 @@ def _fit(draw, text: str, width: int, font) -> str:
     while text and draw.textlength(text + "...", font=font) > width:
         text = text[:-1]
     return text + "..."
+
+
+def _wrap(draw, text: str, width: int, font) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels, broken at spaces (a word wider than a line is cut)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and draw.textlength(joined, font=font) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(_fit(draw, word, width, font))
+    return lines or [""]
 
 
 def chosen_steps(length: int, count: int) -> list[int]:
@@ -438,12 +453,13 @@ class Insight(Callback):
             else None
         )
         if self.attention and trace.attention is not None:
+            # No caption: the image stays short enough for a card; the example in words is in samples/.
             image = attention_image(
                 trace.attention[index, :length].cpu(),  # [T, blocks, H, N, N+n]
                 chosen_steps(length, self.attention_steps),
                 described.steps if described is not None else [""] * length,
-                described.lines if described is not None else [],
-                title=f"step {step}: the memory's attention for validation example {index}",
+                [],
+                title=f"step {step}, validation example {index} (in samples/): slots over slots and x",
             )
             writer.add_image("attention/example", image, step, dataformats="HWC")
         if self.gates:
@@ -482,9 +498,14 @@ class Insight(Callback):
         if data is None:
             return "samples/examples", ""
         shown = []
-        for i in range(min(self.text_examples, probe.inputs.shape[0])):
+        chosen = list(range(min(self.text_examples, probe.inputs.shape[0])))
+        if self.attention and index not in chosen:
+            chosen.append(index)  # the attention image's example is always among them
+        for i in chosen:
             lines = data.describe_example(batch, i, probe.predictions[i]).lines
-            shown.append("\n".join("    " + line for line in lines))  # a Markdown code block each
+            mark = " (the attention image's)" if self.attention and i == index else ""
+            code = "\n".join("    " + line for line in lines)  # a Markdown code block each
+            shown.append(f"**validation example {i}**{mark}\n\n{code}")
         return "samples/examples", "\n\n".join(shown)
 
 

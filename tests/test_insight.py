@@ -203,13 +203,27 @@ def test_attention_image_has_the_documented_size():
     assert torch.allclose(attention.sum(-1), torch.ones(9, 2, 3, 4))
     steps = chosen_steps(9, 4)
     assert steps == [0, 3, 5, 8]
-    image = attention_image(attention, steps, [f"w{t}" for t in range(9)], ["a caption", "of two lines"])
-    layout = AttentionLayout(rows=6, columns=4, slots=4, keys=5, caption_lines=2)
-    width, height = layout.size  # the caption is narrower than the grid
+    image = attention_image(attention, steps, [f"w{t}" for t in range(9)], [])
+    layout = AttentionLayout(rows=6, columns=4, slots=4, keys=5)
+    width, height = layout.size
     assert tuple(image.shape) == (height, width, 3) and image.dtype == torch.uint8
-    assert width == 64 + 4 * (5 * 19 + 10) + 44 and layout.scale == 19
+    # Six rows of four slots fit a TensorBoard card's 200 pixels of height at 4 pixels per weight (its width
+    # would allow 17): the card shows the image at its own size, at least 240 wide for the labels.
+    assert layout.scale == 4 and layout.grid_width == 30 + 4 * (5 * 4 + 6) + 22
+    assert (width, height) == (240, 32 + 6 * (4 * 4 + 6) + 14 + 6) and height <= 200
     # The first cell's top-left entry has the colour of its weight.
-    assert torch.equal(image[32 + 4, 64 + 4], colorize(attention[0, 0, 0, 0, 0]))
+    assert torch.equal(image[32 + 1, 30 + 1], colorize(attention[0, 0, 0, 0, 0]))
+
+
+def test_attention_image_fits_a_card_with_a_caption():
+    """A long caption (a program of Learning to Execute, a sentence) wraps to the grid's width, and the cells shrink
+    so that the image still fits TensorBoard's card instead of being scaled down out of reading."""
+    attention = torch.softmax(torch.randn(40, 1, 2, 2, 3), dim=-1)
+    caption = ["input:  " + " ".join(f"word{i}" for i in range(40)), "target: short"]
+    image = attention_image(attention, chosen_steps(40, 4), [""] * 40, caption, title="a title " * 12)
+    assert image.shape[1] <= 440 and image.shape[0] <= 200
+    bare = attention_image(attention, chosen_steps(40, 4), [""] * 40, [], title="t")
+    assert bare.shape[0] <= 200 and bare.shape[1] > image.shape[1]  # the caption's lines took room from the cells
 
 
 def test_sorting_describes_its_examples():
