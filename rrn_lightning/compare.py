@@ -545,12 +545,28 @@ def run_colour(index: int) -> tuple[int, int, int]:
 BandPoint = tuple[float, float, float]  # (x, lowest value, highest value)
 
 
+MARKERS_PER_CURVE = 8  # a longer series gets about this many markers, placed differently for each group
+
+
 class Curve(NamedTuple):
-    """One line of a panel: its colour, its (x, y) points and, for a group of runs, its band of (x, low, high)."""
+    """One line of a panel: its colour, its (x, y) points and, for a group of runs, its band of (x, low, high);
+    ``index`` of ``count`` groups sets its marker shape and line width (``curve_style``)."""
 
     colour: tuple[int, int, int]
     points: list[tuple[float, float]]
     band: Sequence[BandPoint] = ()
+    index: int = 0
+    count: int = 1
+
+
+def curve_style(index: int, count: int) -> tuple[str, int]:
+    """(marker shape, line width) of the index-th of ``count`` groups. Curves are drawn in order, so an earlier
+    group's line is wider and shows around a later one that lies on it; markers differ in shape (and, on long
+    series, in where they sit), so two identical curves stay two."""
+    return MARKER_SHAPES[index % len(MARKER_SHAPES)], 2 + 2 * min(count - 1 - index, 2)
+
+
+MARKER_SHAPES = ("circle", "square", "triangle", "diamond", "down", "cross")
 
 
 class GroupPoint(NamedTuple):
@@ -596,15 +612,19 @@ def plot_groups(groups: Sequence[Group], path: str | Path) -> Path:
         colour, (run, *others) = run_colour(i), group.runs
         if not others:
             points = run.scalars.get(group.metric, [])
-            by_step = Curve(colour, [(p.step, p.value) for p in points])
-            curves[i] = by_step, Curve(colour, _minutes_of_training(run, points))
+            style = (i, len(groups))
+            by_step = Curve(colour, [(p.step, p.value) for p in points], (), *style)
+            curves[i] = by_step, Curve(colour, _minutes_of_training(run, points), (), *style)
             labels.append(group.name if points else f"{group.name} (no {group.metric} values)")
             continue
         curve = group_curve(group, group.metric)
         timed = [point for point in curve if point.minutes is not None]
+        style = (i, len(groups))
         curves[i] = (
-            Curve(colour, [(p.step, p.mean) for p in curve], [(p.step, p.low, p.high) for p in curve]),
-            Curve(colour, [(p.minutes, p.mean) for p in timed], [(p.minutes, p.low, p.high) for p in timed]),
+            Curve(colour, [(p.step, p.mean) for p in curve], [(p.step, p.low, p.high) for p in curve], *style),
+            Curve(
+                colour, [(p.minutes, p.mean) for p in timed], [(p.minutes, p.low, p.high) for p in timed], *style
+            ),
         )
         runs = len(group.runs)
         labels.append(
@@ -623,14 +643,17 @@ def plot_groups(groups: Sequence[Group], path: str | Path) -> Path:
         by_time = [curves[i][1] for i in members]
         _draw_panel(image, draw, font, (PANEL_WIDTH, top), (title, x_title, metric), by_time)
 
-    # The legend: a stroke of each group's colour (on its band's colour for a group of runs), then its name.
+    # The legend: a stroke of each group's colour and width with its marker (on its band's colour for a group of
+    # runs), then its name.
     top = len(metrics) * PANEL_HEIGHT + LEGEND_MARGIN
     blend = ImageDraw.Draw(image, "RGBA")
     for i, (group, label) in enumerate(zip(groups, labels, strict=True)):
         y = top + i * LEGEND_ROW_HEIGHT + LEGEND_ROW_HEIGHT // 2
         if len(group.runs) > 1:
             blend.rectangle([MARGIN_LEFT, y - 6, MARGIN_LEFT + 30, y + 6], fill=(*run_colour(i), BAND_ALPHA))
-        draw.line([(MARGIN_LEFT, y), (MARGIN_LEFT + 30, y)], fill=run_colour(i), width=3)
+        shape, width = curve_style(i, len(groups))
+        draw.line([(MARGIN_LEFT, y), (MARGIN_LEFT + 30, y)], fill=run_colour(i), width=width)
+        _marker(draw, (MARGIN_LEFT + 15, y), shape, run_colour(i))
         _text(draw, font, (MARGIN_LEFT + 40, y), label, "lm")
 
     try:
@@ -711,14 +734,40 @@ def _draw_panel(image, draw, font, origin: tuple[int, int], titles: tuple[str, s
             lower = [to_pixels(x, low) for x, low, _ in reversed(stretch)]
             blend.polygon(upper + lower, fill=(*curve.colour, BAND_ALPHA))
     for curve in curves:
+        shape, width = curve_style(curve.index, curve.count)
         pixels = [to_pixels(x, y) for x, y in curve.points if math.isfinite(y)]
         if len(pixels) > 1:
-            draw.line(pixels, fill=curve.colour, width=2, joint="curve")
+            draw.line(pixels, fill=curve.colour, width=width, joint="curve")
         if len(pixels) <= MARKED_POINTS:
-            for px, py in pixels:
-                draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=curve.colour)
+            marked = pixels
+        else:  # about MARKERS_PER_CURVE markers, shifted by a fraction of their spacing for each group
+            every = len(pixels) / MARKERS_PER_CURVE
+            offset = every * (curve.index % curve.count) / curve.count
+            marked = [pixels[int(offset + k * every)] for k in range(MARKERS_PER_CURVE)]
+        for xy in marked:
+            _marker(draw, xy, shape, curve.colour)
     if not ys:
         _text(draw, font, (centre_x, (top + bottom) // 2), "no values logged", "mm", fill=AXIS)
+
+
+def _marker(draw, xy: tuple[float, float], shape: str, colour: tuple[int, int, int], r: float = 4) -> None:
+    """A marker of ``shape`` (one of ``MARKER_SHAPES``) centred on ``xy``, about 2r across, white-edged."""
+    x, y = xy
+    outline = (255, 255, 255)
+    if shape == "circle":
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=outline)
+    elif shape == "square":
+        draw.rectangle([x - r + 1, y - r + 1, x + r - 1, y + r - 1], fill=colour, outline=outline)
+    elif shape == "cross":
+        draw.line([(x - r, y - r), (x + r, y + r)], fill=colour, width=3)
+        draw.line([(x - r, y + r), (x + r, y - r)], fill=colour, width=3)
+    else:
+        corners = {
+            "triangle": [(x, y - r - 1), (x + r, y + r - 1), (x - r, y + r - 1)],
+            "down": [(x, y + r + 1), (x + r, y - r + 1), (x - r, y - r + 1)],
+            "diamond": [(x, y - r - 1), (x + r + 1, y), (x, y + r + 1), (x - r - 1, y)],
+        }[shape]
+        draw.polygon(corners, fill=colour, outline=outline)
 
 
 def _finite_stretches(band: Sequence[BandPoint]) -> Iterator[list[BandPoint]]:

@@ -209,6 +209,20 @@ def test_bad_run_dirs_end_in_one_line_naming_them(tmp_path, capsys, given, messa
     assert captured.err.count("\n") == 1
 
 
+def test_identical_curves_stay_distinguishable(tmp_path):
+    """Two runs with the same validation curve (issue 20: the second hid the first): the first is drawn wider, so
+    its colour shows around the second's, and each has its own markers, placed apart."""
+    for name in ("a", "b"):
+        write_run(tmp_path / name, [[("val/loss", step, 1 / (step + 1), 1000.0 + step) for step in range(120)]])
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "b"), "--plot", str(tmp_path / "plot.png")]) == 0
+    with Image.open(tmp_path / "plot.png") as image:
+        panels = image.convert("RGB").crop((0, 0, image.width, compare.PANEL_HEIGHT))  # no legend
+        counts = {colour: count for count, colour in panels.getcolors(maxcolors=1 << 20)}
+    first, second = (counts.get(compare.run_colour(i), 0) for i in (0, 1))
+    assert first > 1000 and second > 1000, (first, second)
+    assert compare.curve_style(0, 2) != compare.curve_style(1, 2)
+
+
 def test_plot_must_be_a_png_file(tmp_path, capsys):
     assert compare.main([str(tmp_path), "--plot", "runs.jpg"]) == 2
     assert "--plot 'runs.jpg' must name a .png file" in capsys.readouterr().err
