@@ -439,6 +439,19 @@ class RunProgressBar(TQDMProgressBar):
     run is judged by (``monitored_metric``: ``loss=0.350, val_acc=0.834``), instead of every metric logged to the
     bar."""
 
+    _epoch_shown: int | None = None  # the epoch the training bar was last set up for
+
+    def on_train_epoch_start(self, trainer: Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._epoch_shown = trainer.current_epoch
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        # A run resumed in the middle of an epoch starts with no on_train_epoch_start for that epoch, and the bar
+        # read "Training: 61/?"; set it up here instead: "Epoch 3: 61/100".
+        if self._epoch_shown != trainer.current_epoch:
+            self.on_train_epoch_start(trainer, pl_module)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
     def get_metrics(
         self, trainer: Trainer, pl_module: LightningModule
     ) -> dict[str, int | str | float | dict]:

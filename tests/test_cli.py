@@ -351,6 +351,25 @@ def test_progress_bar_fits_80_columns_and_runs_end_with_a_summary(tmp_path, caps
         assert lines[at + 1] == f"tensorboard --logdir {run.parent}"
 
 
+def test_progress_bar_after_a_resume_in_mid_epoch_shows_the_epoch(tmp_path, capsys):
+    """Resumed in the middle of an epoch, the bar read "Training: 3/?" (Lightning starts no epoch there)."""
+    common = [
+        f"--config={EXPERIMENTS / 'nth_farthest' / 'rmc_cpu.yaml'}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--data.init_args.batches_per_epoch=4",
+        "--data.init_args.batch_size=8",
+        "--data.init_args.val_size=8",
+    ]
+    cli_main(["fit", *common, "--trainer.max_steps=2"])
+    capsys.readouterr()
+    cli_main(["fit", *common, "--trainer.max_steps=4", "--ckpt_path=last"])
+    out, err = capsys.readouterr()
+    bars = [re.match(r"(Epoch \d+|Training): .*?(\d+)/(\d+|\?) ", line) for line in re.split(r"[\r\n]", out + err)]
+    trained = [m.groups() for m in bars if m]
+    assert trained and all(what == "Epoch 0" and total == "4" for what, n, total in trained if n != "0"), trained
+    assert ("Epoch 0", "3", "4") in trained
+
+
 @pytest.mark.smoke
 def test_print_config_shows_what_will_run(tmp_path, capsys, monkeypatch):
     """--print_config after the run is resolved: the TensorBoard logger in its run folder and the callbacks rrn adds
