@@ -1,11 +1,13 @@
 """Print pip constraints that pin each runtime dependency of pyproject.toml at its declared lower bound
 (``name>=X`` -> ``name==X``), plus the pins under ``[tool.rrn-lightning] lowest-extra``, for .ci/run's
-lowest-versions job. A dependency without a lower bound is an error: every bound is meant to be tested."""
+lowest-versions job (Python 3.11 or later, for tomllib). A dependency without a lower bound is an error: every
+bound is meant to be tested."""
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
 pins = []
