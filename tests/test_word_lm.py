@@ -13,7 +13,7 @@ from datamodules import BPTTBatches, CorpusError, Vocab, WordLMDataModule
 from datamodules import corpus as corpus_module
 from datamodules.corpus import encode_file, load_stream
 from datamodules.corpus_sources import split_books, wikitext_rows_to_file
-from rrn_lightning import LanguageModel, LSTMCore, RelationalMemory
+from rrn_lightning import LanguageModel, LSTMCore, RecurrentCore, RelationalMemory
 from rrn_lightning.cli import cli_main
 from rrn_lightning.common import IGNORE_INDEX
 from rrn_lightning.generate import generate_text
@@ -128,13 +128,59 @@ def tiny_lm(core=None, **kwargs) -> LanguageModel:
     return LanguageModel(core, vocab_size=30, **kwargs)
 
 
+class DictStateCore(RecurrentCore):
+    """A third core whose state is a dict with the batch last ({"h": [H, B]}): nothing outside this class knows
+    that layout, so the language model carries, detaches and checks it through the core's state methods."""
+
+    state_batch_dim = 1
+
+    def __init__(self, input_size: int, hidden_size: int = 6) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.cell = torch.nn.RNNCell(input_size, hidden_size)
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
+
+    def initial_state(self, batch_size, device=None, dtype=None):
+        return {"h": torch.zeros(self.hidden_size, batch_size, device=device, dtype=dtype)}
+
+    def step(self, x, state):
+        h = self.cell(x, state["h"].T)
+        return h, {"h": h.T}
+
+    def forward(self, xs, state=None, lengths=None):
+        state = state or self.initial_state(xs.shape[0], xs.device, xs.dtype)
+        outputs = []
+        for t in range(xs.shape[1]):
+            out, state = self.step(xs[:, t], state)
+            outputs.append(out)
+        return torch.stack(outputs, 1), state
+
+
+def test_core_state_methods_follow_each_cores_layout():
+    for core in (LSTMCore(3, 5, num_layers=2), RelationalMemory(3, mem_slots=2, head_size=4), DictStateCore(3)):
+        state = core.initial_state(4)
+        assert core.state_batch_size(state) == 4
+        picked = core.select_state(state, torch.tensor([3, 0, 0]))
+        assert core.state_batch_size(picked) == 3
+        assert core.state_shapes(picked) != core.state_shapes(state)
+        _, grown = core(torch.randn(4, 2, 3).requires_grad_(), state)
+        detached = core.detach_state(grown)
+        leaves = list(detached.values()) if isinstance(detached, dict) else detached
+        leaves = [leaves] if isinstance(leaves, torch.Tensor) else leaves
+        assert all(not t.requires_grad for t in leaves)
+
+
 @pytest.mark.parametrize(
     "core",
     [
         lambda: LSTMCore(8, 12, num_layers=2),
         lambda: RelationalMemory(8, mem_slots=2, head_size=4, num_heads=2),
+        lambda: DictStateCore(8),
     ],
-    ids=["lstm", "rmc"],
+    ids=["lstm", "rmc", "dict_state"],
 )
 def test_carried_state_equals_one_long_forward(core):
     model = tiny_lm(core())

@@ -42,11 +42,18 @@ class RecurrentCore(nn.Module):
       optional ``lengths`` [B] for padded batches (the state is held after each sequence's length and the outputs
       at padded steps are zero).
 
+    A state's layout is the core's own business. Code outside a core handles a state only through the methods
+    below (detach, batch size, selecting rows, shapes), which work for any tensor or nested tuple/list/dict of
+    tensors whose batch dimension is ``state_batch_dim``; a core with another layout overrides them.
+
     Subclass it for a core of your own and name it by ``class_path`` in a config.
     """
 
     input_size: int
     input_rows: int = 1
+    #: The batch dimension of every tensor of this core's state: 0 for ``[B, ...]`` (the RMC), 1 for ``nn.LSTM``'s
+    #: ``[layers, B, H]``.
+    state_batch_dim: int = 0
 
     @property
     def output_size(self) -> int:
@@ -57,6 +64,24 @@ class RecurrentCore(nn.Module):
 
     def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ the state, for code outside the core
+    def detach_state(self, state: Any, device: torch.device | str | None = None) -> Any:
+        """The state cut from the autograd graph (truncated backpropagation), on ``device`` if given."""
+        return _map_tensors(lambda t: t.detach() if device is None else t.detach().to(device), state)
+
+    def state_batch_size(self, state: Any) -> int:
+        """How many sequences the state holds."""
+        return _first_tensor(state).shape[self.state_batch_dim]
+
+    def select_state(self, state: Any, index: Tensor) -> Any:
+        """The state of the sequences ``index`` [K] (int64), in that order: selects, repeats or reorders rows."""
+        return _map_tensors(lambda t: t.index_select(self.state_batch_dim, index.to(t.device)), state)
+
+    def state_shapes(self, state: Any) -> Any:
+        """The state's structure with each tensor replaced by its shape (to tell whether two cores' states have
+        the same form)."""
+        return _map_tensors(lambda t: tuple(t.shape), state)
 
     @torch.no_grad()
     def trace(self, xs: Tensor, state: Any = None, lengths: Tensor | None = None) -> CoreTrace:
@@ -103,3 +128,25 @@ class RecurrentCore(nn.Module):
                 f"{int(lengths.min())} to {int(lengths.max())}."
             )
         return torch.arange(steps, device=device)[None, :] < lengths.to(device)[:, None]  # [B, T]
+
+
+def _map_tensors(fn, state: Any) -> Any:
+    """``fn`` applied to each tensor of a tensor or a nested tuple / list / dict of tensors, the structure kept."""
+    if isinstance(state, Tensor):
+        return fn(state)
+    if isinstance(state, dict):
+        return {key: _map_tensors(fn, value) for key, value in state.items()}
+    if isinstance(state, tuple | list):
+        values = [_map_tensors(fn, value) for value in state]
+        return type(state)(*values) if hasattr(state, "_fields") else type(state)(values)  # namedtuples too
+    raise TypeError(
+        f"A core state must be a tensor or a tuple, list or dict of them, got {type(state).__name__}; a core with "
+        "another kind of state overrides RecurrentCore's state methods."
+    )
+
+
+def _first_tensor(state: Any) -> Tensor:
+    if isinstance(state, Tensor):
+        return state
+    values = state.values() if isinstance(state, dict) else state
+    return _first_tensor(next(iter(values)))

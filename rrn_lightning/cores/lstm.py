@@ -33,6 +33,8 @@ class LSTMCore(RecurrentCore):
     primitive descriptor", this core runs the LSTM in float32 instead: the same results as without autocast.
     """
 
+    state_batch_dim = 1  # (h, c), each [num_layers, B, hidden_size]
+
     def __init__(
         self,
         input_size: int,

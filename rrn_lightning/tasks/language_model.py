@@ -48,17 +48,6 @@ class TokenNLL(Metric):
         return mean.exp() if self.exp else mean
 
 
-def _detach(state: Any, device: torch.device | None = None) -> Any:
-    if isinstance(state, Tensor):
-        return state.detach().to(device) if device is not None else state.detach()
-    return tuple(_detach(s, device) for s in state)
-
-
-def _state_batch(state: Any) -> int:
-    """Batch size of a core state: [B, ...] for the RMC, a (h, c) pair of [layers, B, H] for the LSTM."""
-    return state.shape[0] if isinstance(state, Tensor) else state[0].shape[1]
-
-
 def _record_input_size(config: Any, input_size: int) -> None:
     """Under the CLI the core's config may lack ``input_size`` (a link target, left out of the saved config when
     the link does not apply); record it so that ``load_from_checkpoint`` can rebuild the core."""
@@ -227,16 +216,16 @@ class LanguageModel(TaskModule):
     # -------------------------------------------------------------- steps
     def _carried(self, stage: str, batch_size: int) -> Any:
         state = self._states.get(stage)
-        if state is None or _state_batch(state) != batch_size:
+        if state is None or self.core.state_batch_size(state) != batch_size:
             return None
-        return _detach(state, self.device)
+        return self.core.detach_state(state, self.device)
 
     def shared_step(self, batch: LanguageModelBatch, stage: Stage, batch_idx: int) -> Tensor:
         inputs, targets = batch
         if batch_idx == 0:  # an epoch's first window: its rows start afresh (a resumed epoch starts later)
             self._states.pop(stage, None)
         hidden, state = self(inputs, self._carried(stage, inputs.shape[0]))
-        self._states[stage] = _detach(state)
+        self._states[stage] = self.core.detach_state(state)
         nll_sum, count = self.nll(hidden, targets)
         loss = nll_sum / count.clamp(min=1)
         if self._trainer is None:  # called outside a Trainer

@@ -91,11 +91,12 @@ class Seq2Seq(TaskModule):
         if decoder_core is not None:
             self.check_core(decoder_core, "decoder_core")
             self.set_compile_step(compile_step, decoder_core)
-            encoder_state, decoder_state = core.initial_state(1), decoder_core.initial_state(1)
-            if _shapes(encoder_state) != _shapes(decoder_state):
+            encoder_state = core.state_shapes(core.initial_state(1))
+            decoder_state = decoder_core.state_shapes(decoder_core.initial_state(1))
+            if encoder_state != decoder_state:
                 raise ConfigurationError(
                     f"{name}: decoder_core must carry a state of the encoder's form to continue from it: encoder "
-                    f"state {_shapes(encoder_state)}, decoder state {_shapes(decoder_state)}."
+                    f"state {encoder_state}, decoder state {decoder_state}."
                 )
         self.save_config_hyperparameters()
         self.core = core
@@ -186,8 +187,3 @@ class Seq2Seq(TaskModule):
         logits = self(inputs, input_lengths, targets.shape[1])
         return {"prediction": logits.argmax(-1), "target": targets}
 
-
-def _shapes(state: Any) -> Any:
-    if isinstance(state, Tensor):
-        return tuple(state.shape)
-    return tuple(_shapes(s) for s in state)
