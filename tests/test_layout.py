@@ -87,3 +87,20 @@ def test_configuration_error_is_the_one_class_everywhere():
     from rrn_lightning.cores import rmc
 
     assert nth_farthest.ConfigurationError is ConfigurationError is rmc.ConfigurationError
+
+
+def test_the_rmc_step_description_and_the_code_cite_the_same_steps():
+    """docs/rmc_step.md numbers the RMC step; reference.py carries out every numbered step under its number, and
+    rmc.py cites only numbers that exist there (a renumbered or removed step shows here)."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    doc = (root / "docs" / "rmc_step.md").read_text()
+    numbered = [int(n) for n in re.findall(r"^(\d+)\. \*\*", doc, re.MULTILINE)]
+    assert numbered == list(range(1, len(numbered) + 1)) and len(numbered) == 6
+    reference = (root / "rrn_lightning" / "cores" / "reference.py").read_text()
+    assert [int(n) for n in re.findall(r"^\s+# (\d+)\. ", reference, re.MULTILINE)] == numbered
+    fast = (root / "rrn_lightning" / "cores" / "rmc.py").read_text()
+    cited = re.findall(r"docs/rmc_step\.md, steps? (\d+)(?:-(\d+))?", fast)
+    assert cited and all(1 <= int(n) <= len(numbered) for pair in cited for n in pair if n)
+    assert "DESIGN.md" not in fast + reference  # the step is described in the repository, not beside it

@@ -1,4 +1,5 @@
-"""A plain, deliberately unoptimised reference of the RMC step, written straight from DESIGN.md's list of steps.
+"""A plain, deliberately unoptimised reference of the RMC step, written straight from the numbered steps of
+``docs/rmc_step.md``, under the same numbers.
 
 This is the one reference the repository keeps: the equivalence tests compare ``RelationalMemory`` against it
 (with copied weights), and the speed benchmark takes its ratios against it. It does every step per time step,
@@ -18,7 +19,7 @@ __all__ = ["ReferenceRelationalMemory"]
 
 
 class ReferenceRelationalMemory(nn.Module):
-    """DESIGN.md's RMC step, computed literally. Same constructor and parameter names as ``RelationalMemory``,
+    """The RMC step of ``docs/rmc_step.md``, computed literally. Same constructor and parameter names as ``RelationalMemory``,
     so ``ReferenceRelationalMemory.from_core(core)`` holds exactly the weights of ``core``."""
 
     def __init__(self, *args, **kwargs) -> None:

@@ -1,7 +1,7 @@
 """The Relational Memory Core (RMC) of Santoro et al., "Relational recurrent neural networks" (NeurIPS 2018).
 
 A plain ``nn.Module`` with the semantics and argument names of DeepMind Sonnet v1's ``RelationalMemory``; it knows
-nothing of Lightning or data. ``../shared/DESIGN.md`` (in the repository) states the step exactly; in short, at
+nothing of Lightning or data. ``docs/rmc_step.md`` states the step exactly, in numbered steps; in short, at
 every time step the projected input rows are appended to the ``mem_slots`` memory rows, all rows attend to each
 other with multi-head dot-product attention followed by a shared MLP (post-norm residuals, repeated ``num_blocks``
 times), the input rows are dropped again, and LSTM-style input/forget gates mix the result into the old memory.
@@ -268,7 +268,7 @@ class RelationalMemory(RecurrentCore):
     # Everything that depends only on the input runs once for the whole sequence (``_precompute``); the time loop
     # calls ``rmc_step``, the one place the step's math is written, which does only the work that needs the previous
     # memory, and in the last block only for the memory rows, since the input rows are dropped at the end of the
-    # step (DESIGN.md, step 4). The weights are cast to the compute dtype once per call (``_weights``), not at every
+    # step (docs/rmc_step.md, step 4). The weights are cast to the compute dtype once per call (``_weights``), not at every
     # step, and the loop runs with autocast off: the casts are explicit, so the step means the same eagerly and
     # compiled, and LayerNorm, softmax and the gates stay float32 under bf16/fp16 autocast.
     def _dtypes(self, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
@@ -516,7 +516,7 @@ def rmc_step(
     weights: StepWeights,
     keep_attention: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor | None]:
-    """One RMC step (DESIGN.md, steps 2-6), given what ``_precompute`` made of this step's input.
+    """One RMC step (docs/rmc_step.md, steps 2-6), given what ``_precompute`` made of this step's input.
 
     Args:
         memory: ``[B, N, M]``; its dtype is the residual stream's.
