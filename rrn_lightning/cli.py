@@ -34,7 +34,7 @@ from typing import Literal
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import Timer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
@@ -47,6 +47,14 @@ from .checkpoints import (
 )
 from .common import ConfigurationError
 from .insight import Insight
+from .lightning_private import (
+    HookedCLI,
+    add_subcommand,
+    checkpoint_logged_steps,
+    option_actions,
+    subcommand_choices,
+    subcommand_parsers,
+)
 from .runs import NonFiniteLoss, NonFiniteLossError, RunCheckpoint, latest_checkpoint, run_of_checkpoint
 from .tasks import TaskModule
 
@@ -205,7 +213,7 @@ def _init_arguments(class_path: str) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
 
 
-class RRNCLI(LightningCLI):
+class RRNCLI(HookedCLI):
     """LightningCLI with data-derived sizes linked into the model, a run folder per config under
     ``trainer.default_root_dir``, checkpoints that resume exactly, and a guard against non-finite losses."""
 
@@ -247,31 +255,30 @@ class RRNCLI(LightningCLI):
             "data.vocab", "model.init_args.vocab", compute_fn=_vocab_words, apply_on="instantiate"
         )
 
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
-        super()._add_subcommands(parser, **kwargs)
+    def after_subcommands_added(self, parser: LightningArgumentParser) -> None:
         # `rrn generate` and `rrn compare` are listed beside fit / validate / test / predict (with their options, for
         # `rrn --help`), but cli_main hands them to their main before LightningCLI parses anything: no Trainer.
         for name, command in (("generate", generate), ("compare", compare)):
             command_parser = LightningArgumentParser(description=command.DESCRIPTION)
             command.add_arguments(command_parser)
-            parser._subcommands_action.add_subcommand(name, command_parser, help=command.DESCRIPTION)
+            add_subcommand(parser, name, command_parser, help=command.DESCRIPTION)
         # Lightning's help lines are the first lines of the Trainer's docstrings, cut mid-sentence; ours are whole
         # sentences, and --ckpt_path says what `last` means here.
-        subcommands = parser._subcommands_action
-        for action in subcommands._choices_actions:
+        for action in subcommand_choices(parser):
             if action.dest in SUBCOMMAND_HELP:
                 action.help = SUBCOMMAND_HELP[action.dest]
-        subcommands._name_parser_map["predict"].add_argument(
+        parsers = subcommand_parsers(parser)
+        parsers["predict"].add_argument(
             "--predict_split",
             type=Literal["validation", "test"] | None,
             default=None,
             help="The evaluation split to predict, validation or test (default: the data module's predict_split, "
             "test unless the config says otherwise); its targets are saved beside the predictions.",
         )
-        for name, subparser in subcommands._name_parser_map.items():
+        for name, subparser in parsers.items():
             if name in SUBCOMMAND_HELP:
                 subparser.description = SUBCOMMAND_HELP[name]
-            for action in subparser._actions:
+            for action in option_actions(subparser):
                 if action.dest == "ckpt_path" and name in SUBCOMMAND_HELP:
                     action.help = CKPT_PATH_HELP
 
@@ -333,7 +340,7 @@ class RRNCLI(LightningCLI):
                 raise
             self.parser.exit(2, f"rrn: error: invalid configuration: {cause}\n")
 
-    def _run_subcommand(self, subcommand: str) -> None:
+    def run_subcommand(self, subcommand: str) -> None:
         try:
             ckpt_path = self.config_init[subcommand].get("ckpt_path")
             if ckpt_path not in (None, "best", "hpc"):
@@ -343,7 +350,7 @@ class RRNCLI(LightningCLI):
                     f"rrn predict: {type(self.model).__name__} has no predictions to write; use `rrn test` for its "
                     "metrics" + (" or `rrn generate` for text." if hasattr(self.model, "generate") else ".")
                 )
-            super()._run_subcommand(subcommand)
+            self.run_lightning_subcommand(subcommand)
         except ValueError as error:  # e.g. a checkpoint trained on another vocabulary
             cause = _find_configuration_error(error)
             if cause is None:
@@ -360,7 +367,7 @@ class RRNCLI(LightningCLI):
                 "command and --ckpt_path last.\n",
             )
 
-    def _parse_ckpt_path(self) -> None:
+    def resolve_checkpoint(self) -> None:
         # The checkpoint's hyperparameters go into the config here (Lightning's own step, done on the checked
         # file), importing the class paths they name, so the run is resolved and the file checked first: a
         # missing or damaged file, another kind of model or a class path outside the allowlist ends in one error
@@ -397,7 +404,7 @@ class RRNCLI(LightningCLI):
                 self._run_home = {"save_dir": str(home[0]), "name": home[1], "version": home[2]}
                 if subcommand == "fit":
                     # Events the interrupted run wrote after this checkpoint are hidden: no step appears twice.
-                    self._run_home["purge_step"] = _logged_steps(checkpoint) + 1
+                    self._run_home["purge_step"] = checkpoint_logged_steps(checkpoint) + 1
                 else:  # the training run's config.yaml stays as it was
                     self.save_config_kwargs["config_filename"] = f"config_{subcommand}.yaml"
         if subcommand and checkpoint is not None:
@@ -510,7 +517,7 @@ class RRNCLI(LightningCLI):
                     f"{', '.join(PRINT_CONFIG_FLAGS)}, separated by commas.\n",
                 )
             kwargs[PRINT_CONFIG_FLAGS[flag]] = True
-        parser = self._parser(self.subcommand)
+        parser = self.subcommand_parser(self.subcommand)
         # Parsed once more so that the classes added above show their arguments' defaults, as the config's own do.
         with_defaults = parser.parse_string(parser.dump(config, skip_unset=False))
         sys.stdout.write(parser.dump(with_defaults, **kwargs))
@@ -527,13 +534,6 @@ class RRNCLI(LightningCLI):
                 f"(counted across resumes) at epoch {trainer.current_epoch}{planned}, step {trainer.global_step}; "
                 "continue with --ckpt_path last and a larger --trainer.max_time."
             )
-
-
-def _logged_steps(checkpoint: dict) -> int:
-    """The logger's step counter in a checkpoint (Lightning logs at ``_batches_that_stepped``)."""
-    loops = checkpoint.get("loops", {})
-    epoch_loop = loops.get("fit_loop", {}).get("epoch_loop.state_dict", {})
-    return int(epoch_loop.get("_batches_that_stepped", checkpoint.get("global_step", 0)))
 
 
 def _vocab_words(vocab) -> list[str]:

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from .common import ConfigurationError, DescribesExamples, check_positive_ints
 from .cores import CoreTrace
+from .lightning_private import accumulating, logged_step
 from .runs import monitored_metric
 from .tasks import TaskModule
 
@@ -366,7 +367,7 @@ class Insight(Callback):
         self._window.append((time.perf_counter(), count))
         while len(self._window) > max(trainer.log_every_n_steps, 1) + 1:
             self._window.popleft()
-        if trainer.fit_loop._should_accumulate():
+        if accumulating(trainer):
             return  # no optimizer step after this batch: Lightning does not log it
         if trainer.log_every_n_steps < 1 or trainer.global_step % trainer.log_every_n_steps != 0:
             return  # a step whose values do not reach the logger (global_step counts this batch already)
@@ -412,7 +413,7 @@ class Insight(Callback):
             return
         # The step Lightning logs this validation's metrics at: the batches stepped before the one that triggered
         # it (one less than global_step), so that images and curves line up.
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        step = logged_step(trainer)
         if self.hparams:
             self._log_best(trainer, pl_module, writer, step)
         self._validations += 1

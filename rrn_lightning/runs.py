@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -28,6 +27,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from .common import IGNORE_INDEX, ConfigurationError
+from .lightning_private import (
+    HookedCheckpoint,
+    mark_checkpoint_saved,
+    plain_hparams,
+    tensorboard_hparams,
+    write_summaries,
+)
 
 __all__ = [
     "NonFiniteLoss",
@@ -92,8 +98,7 @@ class RunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def log_hyperparams(self, params, metrics=None, step=None) -> None:
-        # Lightning's own bookkeeping (_instantiator, ...) is not a hyperparameter.
-        params = {k: v for k, v in _convert_params(params).items() if not str(k).startswith("_")}
+        params = plain_hparams(params)  # Lightning's own bookkeeping (_instantiator, ...) is not a hyperparameter
         if metrics is not None or not self._hparam_metrics:
             return super().log_hyperparams(params, metrics, step)
         params.update(self._extra_hparams)
@@ -102,10 +107,7 @@ class RunLogger(TensorBoardLogger):
         # would log the values given here as scalars at step 0, and again on every resume).
         from torch.utils.tensorboard.summary import hparams
 
-        flat = self._sanitize_params(_flatten_dict(params))
-        writer = self.experiment._get_file_writer()
-        for summary in hparams(flat, dict.fromkeys(self._hparam_metrics, 0.0)):
-            writer.add_summary(summary)
+        write_summaries(self.experiment, hparams(tensorboard_hparams(params), dict.fromkeys(self._hparam_metrics, 0.0)))
 
 
 # ---------------------------------------------------------------------------------------------- random state
@@ -133,7 +135,7 @@ def _all_finite(module: LightningModule) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-class RunCheckpoint(ModelCheckpoint):
+class RunCheckpoint(HookedCheckpoint):
     """Lightning's ``ModelCheckpoint`` (the best ``save_top_k`` checkpoints by ``monitor``, as configured) plus a
     ``last.ckpt`` that is always the latest state.
 
@@ -265,12 +267,12 @@ class RunCheckpoint(ModelCheckpoint):
     def write_last(self, trainer: Trainer, reason: str | None = None) -> None:
         filepath = os.path.join(self.dirpath, LAST)
         self.last_model_path = filepath  # set before saving: it is part of the saved state
-        self._save_checkpoint(trainer, filepath)
+        self.write_checkpoint(trainer, filepath)
         self.last_written = (filepath, trainer.global_step)
         if reason is not None:
             rank_zero_info(f"{reason}: wrote {filepath} at step {trainer.global_step}.")
 
-    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+    def write_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         if not _all_finite(trainer.lightning_module):
             raise NonFiniteLossError(
                 f"a weight became non-finite by step {trainer.global_step}; no checkpoint was written"
@@ -284,8 +286,7 @@ class RunCheckpoint(ModelCheckpoint):
                 os.fsync(handle.fileno())
             os.replace(partial, filepath)
         trainer.strategy.barrier()
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
+        mark_checkpoint_saved(self, trainer, filepath)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(self)

@@ -104,3 +104,25 @@ def test_the_rmc_step_description_and_the_code_cite_the_same_steps():
     cited = re.findall(r"docs/rmc_step\.md, steps? (\d+)(?:-(\d+))?", fast)
     assert cited and all(1 <= int(n) <= len(numbered) for pair in cited for n in pair if n)
     assert "DESIGN.md" not in fast + reference  # the step is described in the repository, not beside it
+
+
+def test_private_names_of_lightning_live_in_one_module():
+    """Lightning's (and argparse's, SummaryWriter's) private names are used in rrn_lightning/lightning_private.py
+    only, which says for each why and on which versions; elsewhere a rename in Lightning cannot break us unseen."""
+    from pathlib import Path
+
+    package = Path(__file__).parents[1] / "rrn_lightning"
+    private = re.compile(
+        r"\._(?:add_subcommands|run_subcommand|parse_ckpt_path|parser\(|subcommand_parsers|subcommands_action|"
+        r"choices_actions|name_parser_map|actions\b|save_checkpoint|last_global_step_saved|last_checkpoint_saved|"
+        r"batches_that_stepped|should_accumulate|sanitize_params|get_file_writer)"
+        r"|import _\w+|cloud_io|_convert_params|_flatten_dict"
+    )
+    found = {
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in package.rglob("*.py")
+        if path.name != "lightning_private.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line.split("#")[0]) and not line.strip().startswith(('"', "'"))
+    }
+    assert not found, sorted(found)

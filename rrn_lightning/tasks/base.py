@@ -24,7 +24,6 @@ from os import PathLike
 from typing import Any, Literal, NamedTuple
 
 import torch
-from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.saving import load_hparams_from_yaml
@@ -43,6 +42,7 @@ from ..checkpoints import (
 from ..common import ConfigurationError, check_positive_ints
 from ..cores import RecurrentCore
 from ..cores.compiling import CompileMode, check_compile_mode
+from ..lightning_private import load_checkpoint
 
 __all__ = ["Probe", "Stage", "TaskModule", "mlp", "resolve_factory"]
 
@@ -191,7 +191,7 @@ class TaskModule(LightningModule):
             checkpoint = check_checkpoint(checkpoint_path, cls, what="checkpoint", overrides=overrides)
         else:  # an open file or a URL: Lightning's reader, safely; then rewind the file for Lightning's own read
             position = checkpoint_path.tell() if hasattr(checkpoint_path, "tell") else None
-            checkpoint = pl_load(checkpoint_path, map_location="cpu", weights_only=True)
+            checkpoint = load_checkpoint(checkpoint_path)
             if position is not None:
                 checkpoint_path.seek(position)
             check_hyperparameters({**saved_hyperparameters(checkpoint), **overrides}, "checkpoint")
