@@ -56,7 +56,7 @@ from .lightning_private import (
     subcommand_parsers,
 )
 from .runs import NonFiniteLoss, NonFiniteLossError, RunCheckpoint, latest_checkpoint, run_of_checkpoint
-from .tasks import TaskModule
+from .tasks import LanguageModel, TaskModule
 
 # Our generated training streams run in the main process (no workers), where their __len__ is exact.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
@@ -348,7 +348,7 @@ class RRNCLI(HookedCLI):
             if subcommand == "predict" and not is_overridden("predict_step", self.model):
                 raise ConfigurationError(
                     f"rrn predict: {type(self.model).__name__} has no predictions to write; use `rrn test` for its "
-                    "metrics" + (" or `rrn generate` for text." if hasattr(self.model, "generate") else ".")
+                    "metrics" + (" or `rrn generate` for text." if isinstance(self.model, LanguageModel) else ".")
                 )
             self.run_lightning_subcommand(subcommand)
         except ValueError as error:  # e.g. a checkpoint trained on another vocabulary

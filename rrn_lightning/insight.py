@@ -43,7 +43,7 @@ from .common import ConfigurationError, DescribesExamples, check_positive_ints
 from .cores import CoreTrace
 from .lightning_private import accumulating, logged_step
 from .runs import monitored_metric
-from .tasks import TaskModule
+from .tasks import Probe, TaskModule
 
 __all__ = ["AttentionLayout", "Insight", "attention_image", "colorize"]
 
@@ -449,11 +449,11 @@ class Insight(Callback):
         length = int(probe.lengths[index]) if probe.lengths is not None else probe.inputs.shape[1]
         # One trace over the probe examples serves both the gate histograms and the example's attention.
         trace = (
-            pl_module.core.trace(probe.inputs, lengths=probe.lengths)
-            if self.attention or self.gates
+            probe.core.trace(probe.inputs, lengths=probe.lengths)
+            if (self.attention or self.gates) and probe.core is not None
             else None
         )
-        if self.attention and trace.attention is not None:
+        if self.attention and trace is not None and trace.attention is not None:
             # No caption: the image stays short enough for a card; the example in words is in samples/.
             image = attention_image(
                 trace.attention[index, :length].cpu(),  # [T, blocks, H, N, N+n]
@@ -463,11 +463,11 @@ class Insight(Callback):
                 title=f"step {step}, validation example {index} (in samples/): slots over slots and x",
             )
             writer.add_image("attention/example", image, step, dataformats="HWC")
-        if self.gates:
+        if self.gates and trace is not None:
             self._log_gates(trace, writer, step)
         if self.text:
             with trainer.precision_plugin.forward_context():
-                tag, text = self._text(pl_module, data, batch, probe, index)
+                tag, text = self._text(data, batch, probe, index)
             if text:
                 writer.add_text(tag, text, step)
 
@@ -482,16 +482,14 @@ class Insight(Callback):
             writer.add_histogram(f"gates/{name}", real, step, bins=edges)
             writer.add_scalar(f"gates/{name}_mean", float(real.mean()), step)
 
-    def _text(
-        self, pl_module: TaskModule, data: DescribesExamples | None, batch: Any, probe, index: int
-    ) -> tuple[str, str]:
+    def _text(self, data: DescribesExamples | None, batch: Any, probe: Probe, index: int) -> tuple[str, str]:
         """``(tag, Markdown)``: a language model's continuation of example ``index``'s first words, or the first
         examples with their target and the model's output; empty text where neither is available."""
-        if hasattr(pl_module, "generate") and getattr(pl_module, "vocab_words", None):
-            words = pl_module.vocab_words
-            prompt = batch[0][index, : min(10, batch[0].shape[1])].tolist()
+        if probe.generate is not None and probe.words and probe.tokens is not None:
+            words = probe.words
+            prompt = probe.tokens[index, : min(10, probe.tokens.shape[1])].tolist()
             generator = torch.Generator().manual_seed(0)
-            sampled = pl_module.generate(prompt, self.continuation_words, generator=generator)
+            sampled = probe.generate(prompt, self.continuation_words, generator=generator)
             return "samples/continuation", (
                 f"**prompt** {' '.join(words[i] for i in prompt)}\n\n"
                 f"**continuation** (sampled, seed 0) {' '.join(words[i] for i in sampled)}"

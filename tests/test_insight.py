@@ -246,3 +246,24 @@ def test_learn_to_execute_describes_its_programs():
     assert right.steps == list("print((12+34))") + ["$"]  # a label per step the core reads, <eos> as $
     assert right.lines == ["input:  print((12+34))$", "target: 46", "model:  46"]
     assert data.describe_example(batch, 0, torch.tensor([1, 1, 1])).lines[2] == "model:  (<eos> at once)"
+
+
+def test_the_text_sample_comes_from_the_probe_alone():
+    """Inspection asks the probe (issue 21): a continuation needs only the probe's tokens, words and generate,
+    whatever the model or the batch look like."""
+    from rrn_lightning.insight import Insight
+    from rrn_lightning.tasks import Probe
+
+    calls = []
+
+    def generate(prompt, count, generator):
+        calls.append((prompt, count))
+        return [2] * count
+
+    tokens = torch.tensor([[0, 1, 2], [2, 1, 0]])
+    probe = Probe(torch.zeros(2, 3, 4), None, tokens, None, tokens=tokens, words=["a", "b", "c"], generate=generate)
+    tag, text = Insight(continuation_words=2)._text(None, None, probe, 1)
+    assert tag == "samples/continuation" and calls == [([2, 1, 0], 2)]
+    assert text == "**prompt** c b a\n\n**continuation** (sampled, seed 0) c c"
+    without = probe._replace(generate=None)
+    assert Insight()._text(None, None, without, 0) == ("samples/examples", "")

@@ -5,9 +5,9 @@
 - ``LanguageModel`` (``language_model.py``): the next word, over BPTT windows (PTB, WikiText).
 """
 
-from .base import TaskModule
+from .base import Probe, TaskModule
 from .classification import SequenceClassifier
 from .language_model import LanguageModel, TokenNLL
 from .seq2seq import Seq2Seq, SequenceAccuracy
 
-__all__ = ["LanguageModel", "Seq2Seq", "SequenceAccuracy", "SequenceClassifier", "TaskModule", "TokenNLL"]
+__all__ = ["LanguageModel", "Probe", "Seq2Seq", "SequenceAccuracy", "SequenceClassifier", "TaskModule", "TokenNLL"]

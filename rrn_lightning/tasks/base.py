@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import Any, Literal, NamedTuple
 
@@ -50,11 +50,17 @@ Stage = Literal["train", "val", "test"]
 
 
 class Probe(NamedTuple):
-    """What the core reads for a batch and what the model answers (``TaskModule.probe``), for inspection."""
+    """Everything inspection (``rrn_lightning.insight``) draws for a batch, as the model gives it
+    (``TaskModule.probe``): inspection asks the probe, never the batch or the model's attributes."""
 
     inputs: Tensor  # [B, T, ...]: the core's input sequence (an LM's embedded tokens)
     lengths: Tensor | None  # [B] real steps, or None when all T are real
     predictions: Tensor  # [B] class ids, [B, T_out] output ids or [B, T] next-token ids
+    core: RecurrentCore | None = None  # the core that reads ``inputs``, traced for attention and gates
+    tokens: Tensor | None = None  # [B, T] a language model's token ids (a continuation starts from them)
+    words: list[str] | None = None  # the vocabulary in id order, to put tokens into words
+    # (prompt ids, how many, torch.Generator) -> sampled ids: a language model's continuation
+    generate: Callable[..., list[int]] | None = None
 
 
 def mlp(in_features: int, hidden_sizes: Sequence[int], out_features: int) -> nn.Sequential:

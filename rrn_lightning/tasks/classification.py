@@ -113,7 +113,7 @@ class SequenceClassifier(TaskModule):
 
     def probe(self, batch: ClassificationBatch | tuple[Tensor, ...]) -> Probe:
         batch = unpack_batch(batch)
-        return Probe(batch.inputs, batch.lengths, self(batch.inputs, batch.lengths).argmax(-1))
+        return Probe(batch.inputs, batch.lengths, self(batch.inputs, batch.lengths).argmax(-1), self.core)
 
     def batch_counts(self, batch: ClassificationBatch | tuple[Tensor, ...]) -> tuple[str, int]:
         return "examples", unpack_batch(batch).inputs.shape[0]

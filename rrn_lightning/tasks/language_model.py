@@ -221,7 +221,8 @@ class LanguageModel(TaskModule):
         return self.core.detach_state(state, self.device)
 
     def shared_step(self, batch: LanguageModelBatch, stage: Stage, batch_idx: int) -> Tensor:
-        inputs, targets = batch
+        batch = _named(batch)
+        inputs, targets = batch.inputs, batch.targets
         if batch_idx == 0:  # an epoch's first window: its rows start afresh (a resumed epoch starts later)
             self._states.pop(stage, None)
         hidden, state = self(inputs, self._carried(stage, inputs.shape[0]))
@@ -245,13 +246,22 @@ class LanguageModel(TaskModule):
         return [self.train_loss]
 
     def probe(self, batch: LanguageModelBatch) -> Probe:
-        """The embedded window (from a fresh state) and the most likely next word at each position."""
-        tokens = batch[0]
+        """The embedded window (from a fresh state), the most likely next word at each position, and what a
+        continuation of the window's words needs."""
+        tokens = _named(batch).inputs
         hidden, _ = self(tokens)
-        return Probe(self.dropout(self.embedding(tokens)), None, self.log_probs(hidden).argmax(-1))
+        return Probe(
+            self.dropout(self.embedding(tokens)),
+            None,
+            self.log_probs(hidden).argmax(-1),
+            self.core,
+            tokens=tokens,
+            words=self.vocab_words,
+            generate=self.generate,
+        )
 
     def batch_counts(self, batch: LanguageModelBatch) -> tuple[str, int]:
-        return "tokens", batch[1].numel()  # padding (the stream's last window only) counted: no device sync
+        return "tokens", _named(batch).targets.numel()  # padding (the stream's last window only) counted: no device sync
 
     # -------------------------------------------------------------- the vocabulary
     # The vocabulary comes in as an argument (linked by the CLI from the data module), not read from
@@ -335,3 +345,8 @@ class LanguageModel(TaskModule):
             hidden, state = self(token, state)
         self.train(was_training)
         return out
+
+
+def _named(batch: LanguageModelBatch | tuple) -> LanguageModelBatch:
+    """A batch by its field names (a plain (inputs, targets) tuple, as tests and user loops may give, too)."""
+    return batch if isinstance(batch, LanguageModelBatch) else LanguageModelBatch(*batch)

@@ -123,11 +123,12 @@ class Seq2Seq(TaskModule):
 
     def probe(self, batch: Seq2SeqBatch) -> Probe:
         """The encoder's inputs (what the attention maps show) and the decoded outputs."""
-        inputs, input_lengths, targets, _ = batch
-        return Probe(inputs, input_lengths, self(inputs, input_lengths, targets.shape[1]).argmax(-1))
+        batch = _named(batch)
+        decoded = self(batch.inputs, batch.input_lengths, batch.targets.shape[1]).argmax(-1)
+        return Probe(batch.inputs, batch.input_lengths, decoded, self.core)  # the encoder's attention
 
     def batch_counts(self, batch: Seq2SeqBatch) -> tuple[str, int]:
-        return "examples", batch[0].shape[0]
+        return "examples", _named(batch).inputs.shape[0]
 
     @property
     def decoder(self) -> RecurrentCore:
@@ -164,14 +165,15 @@ class Seq2Seq(TaskModule):
     def batch_loss(self, batch: Seq2SeqBatch) -> Tensor:
         """The mean training loss of a batch (teacher-forced when autoregressive): ``SupportsBatchLoss``, what
         curriculum callbacks measure."""
-        inputs, input_lengths, targets, _ = batch
-        logits = self(inputs, input_lengths, targets.shape[1], targets)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        batch = _named(batch)
+        logits = self(batch.inputs, batch.input_lengths, batch.targets.shape[1], batch.targets)
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE_INDEX)
 
     def shared_step(self, batch: Seq2SeqBatch, stage: Stage, batch_idx: int) -> Tensor:
-        inputs, input_lengths, targets, _ = batch
+        batch = _named(batch)
+        targets = batch.targets
         teacher = targets if stage == "train" else None  # evaluation decodes on its own
-        logits = self(inputs, input_lengths, targets.shape[1], teacher)
+        logits = self(batch.inputs, batch.input_lengths, targets.shape[1], teacher)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
         predictions = logits.argmax(-1)
         B = targets.shape[0]
@@ -183,7 +185,11 @@ class Seq2Seq(TaskModule):
         return loss
 
     def predict_step(self, batch: Seq2SeqBatch, batch_idx: int) -> dict[str, Tensor]:
-        inputs, input_lengths, targets, _ = batch
-        logits = self(inputs, input_lengths, targets.shape[1])
-        return {"prediction": logits.argmax(-1), "target": targets}
+        batch = _named(batch)
+        logits = self(batch.inputs, batch.input_lengths, batch.targets.shape[1])
+        return {"prediction": logits.argmax(-1), "target": batch.targets}
 
+
+def _named(batch: Seq2SeqBatch | tuple) -> Seq2SeqBatch:
+    """A batch by its field names (a plain 4-tuple, as tests and user loops may give, becomes one too)."""
+    return batch if isinstance(batch, Seq2SeqBatch) else Seq2SeqBatch(*batch)
