@@ -14,11 +14,12 @@ import zipfile
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.core.saving import CHECKPOINT_PAST_HPARAMS_KEYS
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -26,7 +27,7 @@ from .common import ConfigurationError
 from .cores import RecurrentCore
 
 __all__ = [
-    "KINDS",
+    "CheckpointedTask",
     "check_checkpoint",
     "check_hyperparameters",
     "checkpoint_kind",
@@ -56,27 +57,47 @@ MOVED = {
     "rrn_lightning.reference.ReferenceRelationalMemory": "rrn_lightning.cores.ReferenceRelationalMemory",
 }
 
-# Our LightningModules, by class name, and what a message calls them.
-KINDS = {
-    "SequenceClassifier": "sequence classifier",
-    "Seq2Seq": "sequence-to-sequence model",
-    "LanguageModel": "language model",
-}
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.6; older pickles are not read
-
-# The setting behind each top-level submodule, for "which setting probably differs" (see _probable_setting).
-SETTINGS = {
-    "core": "the core's class or size (model.init_args.core: class_path, input_size, hidden_size / num_layers "
-    "for LSTMCore, mem_slots / head_size / num_heads / num_blocks for RelationalMemory)",
-    "embedding": "the embedding size (the core's input_size)",
-    "decoder": "the core's output size",
-    "projection": "tie_weights or the core's size",
-    "adaptive": "adaptive_softmax_cutoffs or the core's output size",
-    "head": "num_classes (from the data) or head_sizes",
-    "feedback": "autoregressive or num_classes",
-}
-SETTINGS["decoder_core"] = SETTINGS["core"].replace("model.init_args.core", "model.init_args.decoder_core")
 VOCABULARY = "the vocabulary size (vocab_size, from the corpus and its min_freq / max_size)"
+
+
+class CheckpointedTask:
+    """What this module reads of a task module's class (``TaskModule`` inherits it): each task class declares
+    these, and nothing here names a task class or its attributes.
+
+    Attributes:
+        kind: What messages call this kind of model ("sequence classifier"); a checkpoint must hold the same kind
+            as the model it is loaded into. A subclass inherits its parent's kind unless it declares its own.
+        checkpoint_modules: Top-level submodules whose parameters every checkpoint of the class holds.
+        optional_checkpoint_modules: Those it may hold (depending on its arguments).
+        checkpoint_settings: For a top-level submodule, the setting that sizes it, for "which setting probably
+            differs" when a checkpoint does not fit.
+        vocabulary_modules: Submodules whose first dimension is the vocabulary.
+    """
+
+    kind: ClassVar[str | None] = None
+    checkpoint_modules: ClassVar[frozenset[str]] = frozenset()
+    optional_checkpoint_modules: ClassVar[frozenset[str]] = frozenset()
+    checkpoint_settings: ClassVar[dict[str, str]] = {}
+    vocabulary_modules: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind is not None:
+            _TASKS[cls.__name__] = cls
+
+    def training_metric_states(self) -> dict[str, Tensor]:
+        """State-dict entries (training metric sums) that a checkpoint may lack: filled in when it loads."""
+        return {}
+
+    @classmethod
+    def kind_class(cls) -> type[CheckpointedTask]:
+        """The class that declares this class's kind (itself, or the parent it inherits the kind from)."""
+        return next(c for c in cls.__mro__ if "kind" in c.__dict__)
+
+
+# Every task class with a kind, by class name (a checkpoint records the class path the config spelled).
+_TASKS: dict[str, type[CheckpointedTask]] = {}
 
 
 def check_checkpoint(
@@ -91,10 +112,10 @@ def check_checkpoint(
     caller passes in place of saved values, are checked instead of the values they replace).
 
     ``model`` adds checks: a LightningModule class, instance or class path (the config's ``model.class_path``):
-    the checkpoint must hold the same kind of module (SequenceClassifier, Seq2Seq, LanguageModel; read from the
-    recorded ``_class_path``, else from the parameter names); an instance must also have every parameter of the
-    checkpoint with the same shape (the first difference is named with both shapes and the setting that probably
-    differs). The returned dict's tensors are memory-mapped.
+    the checkpoint must hold the same kind of module (``CheckpointedTask.kind``: read from the recorded
+    ``_class_path``, else from the top-level submodules the task classes declare); an instance must also have every
+    parameter of the checkpoint with the same shape (the first difference is named with both shapes and the setting
+    that probably differs, as the class declares it). The returned dict's tensors are memory-mapped.
     """
     path = Path(path)
     where = f"{what} {path}"
@@ -232,21 +253,21 @@ def _import_paths(value, location: str):
 
 
 def checkpoint_kind(checkpoint: dict) -> set[str]:
-    """Which of our modules (``KINDS``) a checkpoint may hold: the recorded ``_class_path`` (written by the ``rrn``
-    CLI) names it; otherwise the parameter names narrow it down (an embedding: LanguageModel; a decoder core or
-    feedback embedding: Seq2Seq; an MLP head: SequenceClassifier or Seq2Seq)."""
+    """The task classes (their kind-declaring class names, ``CheckpointedTask.kind_class``) that a checkpoint may
+    hold: the one its recorded ``_class_path`` names (written by the ``rrn`` CLI); otherwise those whose declared
+    ``checkpoint_modules`` it holds and whose declared modules explain every known top-level submodule in it."""
     hparams = checkpoint.get("hyper_parameters")
     class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
-    if isinstance(class_path, str) and class_path.rpartition(".")[2] in KINDS:
-        return {class_path.rpartition(".")[2]}
-    tops = {name.split(".")[0] for name in checkpoint["state_dict"]}
-    if "embedding" in tops:
-        return {"LanguageModel"}
-    if tops & {"decoder_core", "feedback"}:
-        return {"Seq2Seq"}
-    if "head" in tops:
-        return {"SequenceClassifier", "Seq2Seq"}
-    return set(KINDS)
+    named = _TASKS.get(class_path.rpartition(".")[2]) if isinstance(class_path, str) else None
+    if named is not None:
+        return {named.kind_class().__name__}
+    known = set().union(*(t.checkpoint_modules | t.optional_checkpoint_modules for t in _TASKS.values()))
+    tops = {name.split(".")[0] for name in checkpoint["state_dict"]} & known
+    return {
+        task.kind_class().__name__
+        for task in _TASKS.values()
+        if task.checkpoint_modules <= tops <= task.checkpoint_modules | task.optional_checkpoint_modules
+    } or {task.kind_class().__name__ for task in _TASKS.values()}
 
 
 def _check_file(path: Path, where: str) -> None:
@@ -329,42 +350,36 @@ def _load(path: Path, where: str) -> dict:
 
 def _check_kind(checkpoint: dict, model: Any, where: str) -> None:
     if isinstance(model, str):  # a class path: named, not imported
-        expected = model.rpartition(".")[2] if model.startswith("rrn_lightning.") else None
+        cls = _TASKS.get(model.rpartition(".")[2]) if model.startswith("rrn_lightning.") else None
     else:
         cls = model if isinstance(model, type) else type(model)
-        expected = next(
-            (
-                c.__name__
-                for c in cls.__mro__
-                if c.__name__ in KINDS and c.__module__.startswith("rrn_lightning")
-            ),
-            None,
-        )
-    if expected not in KINDS:
+    if not (isinstance(cls, type) and issubclass(cls, CheckpointedTask) and cls.kind is not None):
         return
+    expected = cls.kind_class()
     found = checkpoint_kind(checkpoint)
-    if expected not in found:
+    if expected.__name__ not in found:
         held = " or ".join(sorted(found))
         raise ConfigurationError(
-            f"{where} holds a {held}, not a {KINDS[expected]} ({expected}); use a checkpoint of a {expected} "
-            "run, or the config that the checkpoint was trained with."
+            f"{where} holds a {held}, not a {expected.kind} ({expected.__name__}); use a checkpoint of a "
+            f"{expected.__name__} run, or the config that the checkpoint was trained with."
         )
 
 
 def _check_shapes(theirs: dict, model: Any, where: str) -> None:
     ours = model.state_dict()
+    task = model if isinstance(model, CheckpointedTask) else CheckpointedTask()
     # Training metric sums that older checkpoints lack: the module fills them in when it loads.
-    optional = model.training_metric_states() if hasattr(model, "training_metric_states") else {}
+    optional = task.training_metric_states()
     for name, tensor in ours.items():
         if name not in theirs:
             if not getattr(model, "strict_loading", True) or name in optional:
                 continue
             raise ConfigurationError(
                 f"{where} does not fit this model: it lacks {name}; "
-                f"{_probable_setting(name)} probably differs from the training run's."
+                f"{_probable_setting(task, name)} probably differs from the training run's."
             )
         if tuple(theirs[name].shape) != tuple(tensor.shape):
-            setting = _probable_setting(name, tuple(theirs[name].shape), tuple(tensor.shape))
+            setting = _probable_setting(task, name, tuple(theirs[name].shape), tuple(tensor.shape))
             raise ConfigurationError(
                 f"{where} does not fit this model: {name} has shape {list(theirs[name].shape)} "
                 f"in the checkpoint but {list(tensor.shape)} here; {setting} probably differs "
@@ -374,13 +389,13 @@ def _check_shapes(theirs: dict, model: Any, where: str) -> None:
     if extra is not None and getattr(model, "strict_loading", True):
         raise ConfigurationError(
             f"{where} does not fit this model: it has {extra}, which this model lacks; "
-            f"{_probable_setting(extra)} probably differs from the training run's."
+            f"{_probable_setting(task, extra)} probably differs from the training run's."
         )
 
 
-def _probable_setting(name: str, theirs: tuple = (), ours: tuple = ()) -> str:
+def _probable_setting(task: CheckpointedTask, name: str, theirs: tuple = (), ours: tuple = ()) -> str:
     top = name.split(".")[0]
     # Rows of the embedding and the output layers are words: a different first size is a different vocabulary.
-    if top in ("embedding", "decoder", "adaptive") and theirs[:1] != ours[:1]:
+    if top in task.vocabulary_modules and theirs[:1] != ours[:1]:
         return VOCABULARY
-    return SETTINGS.get(top, "the model's configuration")
+    return task.checkpoint_settings.get(top, "the model's configuration")

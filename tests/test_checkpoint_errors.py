@@ -335,6 +335,32 @@ def test_a_python_built_checkpoint_is_checked_too(tmp_path, probe):
     assert not probe.exists()
 
 
+class EmbeddingClassifier(SequenceClassifier):
+    """A subclass with a token embedding and its head renamed: it declares its modules, and the checkpoint checks
+    read them from the class (issue 21: the names were hard-coded, so an `embedding` meant a language model)."""
+
+    checkpoint_modules = frozenset({"core", "embedding", "classifier"})
+    checkpoint_settings = {**SequenceClassifier.checkpoint_settings, "classifier": "num_classes or its size"}
+
+    def __init__(self, core, num_classes: int, vocab_size: int = 10) -> None:
+        super().__init__(core, num_classes, head_sizes=(8,))
+        self.embedding = torch.nn.Embedding(vocab_size, core.input_size)
+        self.classifier = self.head
+        del self.head
+
+
+def test_a_task_subclass_with_its_own_modules_loads_its_checkpoints(tmp_path):
+    model = EmbeddingClassifier(LSTMCore(input_size=4, hidden_size=8), 3)
+    saved = {"state_dict": model.state_dict(), "pytorch-lightning_version": "2.6.0"}
+    torch.save({**saved, "hyper_parameters": dict(model.hparams)}, tmp_path / "own.ckpt")
+    assert check_checkpoint(tmp_path / "own.ckpt", model)["state_dict"].keys() == model.state_dict().keys()
+    # Not taken for a language model by its embedding, and a bad size names the subclass's own setting.
+    with pytest.raises(ConfigurationError, match=r"holds a SequenceClassifier, not a language model"):
+        check_checkpoint(tmp_path / "own.ckpt", LanguageModel)
+    with pytest.raises(ConfigurationError, match=r"classifier\.2\.weight .*; num_classes or its size probably"):
+        check_checkpoint(tmp_path / "own.ckpt", EmbeddingClassifier(LSTMCore(input_size=4, hidden_size=8), 5))
+
+
 def test_an_open_file_is_checked_and_still_loads(runs, tmp_path, probe):
     with runs.classifier.open("rb") as file:
         assert isinstance(SequenceClassifier.load_from_checkpoint(file), SequenceClassifier)

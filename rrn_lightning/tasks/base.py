@@ -33,6 +33,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import Metric
 
 from ..checkpoints import (
+    CheckpointedTask,
     check_checkpoint,
     check_hyperparameters,
     import_allowed,
@@ -47,6 +48,13 @@ from ..lightning_private import load_checkpoint
 __all__ = ["Probe", "Stage", "TaskModule", "mlp", "resolve_factory"]
 
 Stage = Literal["train", "val", "test"]
+
+
+# What sizes a core, for the checkpoint checks' "which setting probably differs" (CheckpointedTask).
+CORE_SETTING = (
+    "the core's class or size (model.init_args.core: class_path, input_size, hidden_size / num_layers for LSTMCore, "
+    "mem_slots / head_size / num_heads / num_blocks for RelationalMemory)"
+)
 
 
 class Probe(NamedTuple):
@@ -81,7 +89,7 @@ def resolve_factory(value, where: str):
     return value
 
 
-class TaskModule(LightningModule):
+class TaskModule(LightningModule, CheckpointedTask):
     """Base class of our LightningModules (``SequenceClassifier``, ``Seq2Seq``, ``LanguageModel``); the ``rrn`` CLI
     takes any subclass as ``model``.
 

@@ -13,7 +13,7 @@ from torchmetrics.utilities import dim_zero_cat
 from ..common import ClassificationBatch, check_positive_ints
 from ..cores import RecurrentCore
 from ..cores.compiling import CompileMode
-from .base import Probe, Stage, TaskModule, mlp
+from .base import CORE_SETTING, Probe, Stage, TaskModule, mlp
 
 __all__ = ["SequenceClassifier"]
 
@@ -82,6 +82,10 @@ class SequenceClassifier(TaskModule):
         compile_step: Run the core's step under ``torch.compile`` (``RelationalMemory.compile_step``): false, true
             (inductor's default mode) or a mode name; None (the default) keeps the core's own setting.
     """
+    kind = "sequence classifier"
+    checkpoint_modules = frozenset({"core", "head"})
+    checkpoint_settings = {"core": CORE_SETTING, "head": "num_classes (from the data) or head_sizes"}
+
 
     def __init__(
         self,

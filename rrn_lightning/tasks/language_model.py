@@ -16,7 +16,7 @@ from torchmetrics import Metric
 from ..common import EOS_ID, IGNORE_INDEX, ConfigurationError, LanguageModelBatch, check_positive_ints
 from ..cores import RecurrentCore
 from ..cores.compiling import CompileMode
-from .base import Probe, Stage, TaskModule
+from .base import CORE_SETTING, Probe, Stage, TaskModule
 
 __all__ = ["LanguageModel", "TokenNLL"]
 
@@ -90,6 +90,18 @@ class LanguageModel(TaskModule):
         compile_step: Run the core's step under ``torch.compile``; None keeps the core's own setting (see
             ``TaskModule``).
     """
+    kind = "language model"
+    checkpoint_modules = frozenset({"core", "embedding"})
+    optional_checkpoint_modules = frozenset({"decoder", "projection", "adaptive"})
+    checkpoint_settings = {
+        "core": CORE_SETTING,
+        "embedding": "the embedding size (the core's input_size)",
+        "decoder": "the core's output size",
+        "projection": "tie_weights or the core's size",
+        "adaptive": "adaptive_softmax_cutoffs or the core's output size",
+    }
+    vocabulary_modules = frozenset({"embedding", "decoder", "adaptive"})
+
 
     one_row_core = True
 

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric, Metric
 from ..common import IGNORE_INDEX, ConfigurationError, Seq2SeqBatch, check_positive_ints
 from ..cores import RecurrentCore
 from ..cores.compiling import CompileMode
-from .base import Probe, Stage, TaskModule, mlp
+from .base import CORE_SETTING, Probe, Stage, TaskModule, mlp
 
 __all__ = ["Seq2Seq", "SequenceAccuracy"]
 
@@ -70,6 +70,16 @@ class Seq2Seq(TaskModule):
         optimizer, lr_scheduler, compile_step: As in ``SequenceClassifier`` (``compile_step`` also sets the
             decoder core's).
     """
+    kind = "sequence-to-sequence model"
+    checkpoint_modules = frozenset({"core", "head"})
+    optional_checkpoint_modules = frozenset({"decoder_core", "feedback"})
+    checkpoint_settings = {
+        "core": CORE_SETTING,
+        "decoder_core": CORE_SETTING.replace("model.init_args.core", "model.init_args.decoder_core"),
+        "head": "num_classes (from the data) or head_sizes",
+        "feedback": "autoregressive or num_classes",
+    }
+
 
     one_row_core = True
 
