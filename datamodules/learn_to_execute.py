@@ -118,6 +118,7 @@ class Curriculum:
         start = (length, nesting) if kind in ("baseline", "mix") else (1, 1)
         self.level = torch.tensor(start, dtype=torch.long).share_memory_()
         self.losses: deque[float] = deque(maxlen=window)
+        self.driven = False  # set by whatever moves an adaptive level (CurriculumCallback.setup)
 
     @property
     def current(self) -> tuple[int, int]:
@@ -190,7 +191,8 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
     See ``datamodules/programs.py`` for the program families and a worked example, and ``encode_batch`` above for
     the encoding. Validation and test are always at the target level (``length``, ``nesting``), fixed by their
     seeds, as the paper evaluates; training follows the curriculum (its level logged and checkpointed by
-    ``CurriculumCallback``, which ``naive`` and ``combined`` need in ``trainer.callbacks``).
+    ``CurriculumCallback``, which ``naive`` and ``combined`` need in ``trainer.callbacks``; the callback knows this
+    data module, never the other way round).
 
     Args:
         task: ``addition``, ``control``, ``program``, ``copy``, ``reverse`` or ``double``.
@@ -287,16 +289,6 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
         ]
         return encode_batch(pairs)
 
-    def setup(self, stage: str | None = None) -> None:
-        trainer = self.trainer
-        if stage == "fit" and self.curriculum.adaptive and trainer is not None:
-            if not any(isinstance(c, CurriculumCallback) for c in trainer.callbacks):
-                raise ConfigurationError(
-                    f"LearnToExecuteDataModule: curriculum={self.curriculum.kind!r} raises the level from held-out "
-                    "losses, which CurriculumCallback measures: add `- class_path: datamodules.CurriculumCallback` "
-                    "under trainer.callbacks."
-                )
-
     def _eval_source(self, seed: int) -> random.Random:
         return random.Random(seed)
 
@@ -309,6 +301,14 @@ class LearnToExecuteDataModule(FixedEvaluationSets, LightningDataModule):
         return describe_seq2seq(batch, index, prediction, _character, decode)
 
     def train_dataloader(self) -> DataLoader:
+        # The link runs one way: the callback (set up before the loaders are asked for) marks the curriculum as
+        # driven; the data module looks at no callbacks. Outside a Trainer the caller moves the level itself.
+        if self.curriculum.adaptive and not self.curriculum.driven and self.trainer is not None:
+            raise ConfigurationError(
+                f"LearnToExecuteDataModule: curriculum={self.curriculum.kind!r} raises the level from held-out "
+                "losses, which CurriculumCallback measures: add `- class_path: datamodules.CurriculumCallback` "
+                "under trainer.callbacks."
+            )
         return training_loader(self, _TrainBatches(self, rank_of(self)), self.num_workers)
 
 
@@ -369,6 +369,8 @@ class CurriculumCallback(Callback):
             )
         dm = trainer.datamodule
         self._dm_ref = dm if isinstance(dm, LearnToExecuteDataModule) else None
+        if self._dm_ref is not None and stage == "fit":
+            self._dm_ref.curriculum.driven = True
 
     def state_dict(self) -> dict:
         dm = self._dm_ref

@@ -172,6 +172,22 @@ def test_adaptive_curriculum_without_its_callback_is_refused(tmp_path):
         trainer.fit(tiny_seq2seq(), datamodule=dm)
 
 
+def test_the_curriculum_link_runs_from_the_callback_to_the_data(tmp_path):
+    """The data module looks at no callbacks (issue 21): any driver that marks the curriculum as driven will do."""
+    import lightning
+
+    class HandDriver(lightning.Callback):
+        def setup(self, trainer, pl_module, stage):
+            trainer.datamodule.curriculum.driven = True
+
+    dm = LearnToExecuteDataModule(task="addition", length=2, curriculum="naive", batch_size=4, batches_per_epoch=2)
+    trainer = lightning.Trainer(
+        max_steps=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[HandDriver()]
+    )
+    trainer.fit(tiny_seq2seq(), datamodule=dm)
+    assert trainer.global_step == 1 and dm.curriculum.current == (1, 1)
+
+
 @pytest.mark.parametrize(
     "kwargs, expected",
     [
