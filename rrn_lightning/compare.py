@@ -25,6 +25,9 @@ The table has one row per group:
 - test metric: the last value of that metric's ``test/`` counterpart (val/acc -> test/acc), logged by ``rrn test``;
   marked stale where the run trained on after it (a train/ or val/ value written later).
 
+With ``--at-step N`` and ``--at-minutes M`` a second and third table give every validation metric as it stood at
+step N or after M minutes of training (the last validation before): runs compared at equal steps and equal time.
+
 A group's steps, wall time, best and test metric are ``mean ± std (min-max)`` over its runs (std: the sample
 standard deviation, n-1), a value that all of them share shown once, the best without its step; ", k of n runs" where
 only k runs have a value.
@@ -104,6 +107,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE.png",
         help="also draw the validation curves, against step and against wall time, into this PNG file",
+    )
+    parser.add_argument(
+        "--at-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also a table of every validation metric as it stood at step N (the last validation before it): "
+        "runs compared at equal steps",
+    )
+    parser.add_argument(
+        "--at-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="also the same table after M minutes of training: runs compared at equal wall time",
     )
     parser.add_argument(
         "--no-group",
@@ -495,22 +513,54 @@ def stale_note(stale: Sequence[bool]) -> str:
 
 def format_table(groups: Sequence[Group]) -> str:
     """The groups as a Markdown table, its columns padded to line up as plain text too."""
-    rows = [[cell.replace("|", r"\|") for cell in table_row(group)] for group in groups]
+    return markdown_table(COLUMNS, [table_row(group) for group in groups], RIGHT_ALIGNED)
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]], right_aligned=frozenset()) -> str:
+    """Rows of cells as a Markdown table, padded to line up as plain text too."""
+    rows = [[cell.replace("|", r"\|") for cell in row] for row in rows]
     # At least 3: a rule cell needs a dash besides its colon ("--:") for Markdown to read the table.
-    widths = [max(3, len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(COLUMNS)]
+    widths = [max(3, len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(columns)]
 
     def line(cells: Sequence[str]) -> str:
         padded = (
-            cell.rjust(width) if column in RIGHT_ALIGNED else cell.ljust(width)
-            for column, cell, width in zip(COLUMNS, cells, widths, strict=True)
+            cell.rjust(width) if column in right_aligned else cell.ljust(width)
+            for column, cell, width in zip(columns, cells, widths, strict=True)
         )
         return "| " + " | ".join(padded) + " |"
 
     # "---:" right-aligns a column in rendered Markdown.
-    rule = [
-        ("-" * (w - 1) + ":") if c in RIGHT_ALIGNED else "-" * w for c, w in zip(COLUMNS, widths, strict=True)
-    ]
-    return "\n".join([line(COLUMNS), line(rule), *(line(row) for row in rows)])
+    rule = [("-" * (w - 1) + ":") if c in right_aligned else "-" * w for c, w in zip(columns, widths, strict=True)]
+    return "\n".join([line(columns), line(rule), *(line(row) for row in rows)])
+
+
+def value_at(run: Run, tag: str, step: int | None = None, minutes: float | None = None) -> Point | None:
+    """The last value of ``tag`` logged at or before ``step`` (as checkpoints count steps: a value logged at step k
+    belongs to step k + 1) or ``minutes`` of training (``Run.elapsed``); None where there is none yet."""
+    points = run.scalars.get(tag, [])
+    if step is not None:
+        points = [p for p in points if p.step + 1 <= step]
+    if minutes is not None:
+        points = [p for p in points if (seconds := run.elapsed(p.wall_time)) is not None and seconds <= minutes * 60]
+    return points[-1] if points else None
+
+
+def at_table(groups: Sequence[Group], step: int | None = None, minutes: float | None = None) -> str:
+    """Each group's validation metrics (every ``val/`` tag its runs logged) as they stood at ``step`` or after
+    ``minutes`` of training: the last validation before, with the step it was taken at; spread over seeds as in
+    the main table."""
+    tags = sorted({tag for group in groups for run in group.runs for tag in run.scalars if tag.startswith("val/")})
+    at = f"step {step:,}" if step is not None else f"{minutes:g} min"
+    columns = ["run", "n", f"validated by {at}", *tags]
+    rows = []
+    for group in groups:
+        taken = [value_at(run, group.metric, step, minutes) for run in group.runs]
+        row = [group.name, str(len(group.runs)), spread([p.step + 1 if p else None for p in taken], "{:.0f}".format)]
+        for tag in tags:
+            points = [value_at(run, tag, step, minutes) for run in group.runs]
+            row.append(spread([p.value if p else None for p in points], "{:.4f}".format))
+        rows.append(row)
+    return markdown_table(columns, rows, {"n", columns[2]})
 
 
 # ---------------------------------------------------------------------------------------------- the plot
@@ -822,7 +872,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         runs = [read_run(path, name) for path, name in find_runs(args.run_dirs)]
         groups = group_runs(runs, group=not args.no_group)
+        for name, value in (("--at-step", args.at_step), ("--at-minutes", args.at_minutes)):
+            if value is not None and not value > 0:
+                raise ConfigurationError(f"{name} must be positive, got {value}.")
         print(format_table(groups))
+        if args.at_step is not None:
+            print(f"\nAt step {args.at_step:,}:\n\n{at_table(groups, step=args.at_step)}")
+        if args.at_minutes is not None:
+            print(f"\nAfter {args.at_minutes:g} minutes of training:\n\n{at_table(groups, minutes=args.at_minutes)}")
         if args.plot is not None:
             plot_groups(groups, args.plot)
             print(f"wrote {args.plot}", file=sys.stderr)
