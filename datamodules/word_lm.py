@@ -170,19 +170,19 @@ class WordLMDataModule(LightningDataModule):
                 self.stream("train"),
                 self.batch_size,
                 self.bptt,
-                rank,
-                world,
-                False,
-                self.variable_bptt,
-                self.seed,
+                rank=rank,
+                world_size=world,
+                pad=False,
+                variable_bptt=self.variable_bptt,
+                seed=self.seed,
             )
         if stage in (None, "fit", "validate"):
             self._datasets["valid"] = BPTTBatches(
-                self.stream("valid"), self.eval_batch_size, self.bptt, rank, world, True
+                self.stream("valid"), self.eval_batch_size, self.bptt, rank=rank, world_size=world, pad=True
             )
         if stage in (None, "test"):
             self._datasets["test"] = BPTTBatches(
-                self.stream("test"), self.test_batch_size, self.bptt, rank, world, True
+                self.stream("test"), self.test_batch_size, self.bptt, rank=rank, world_size=world, pad=True
             )
 
     def _loader(self, split: str) -> DataLoader:

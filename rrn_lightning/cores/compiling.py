@@ -50,9 +50,9 @@ def resolve_mode(value: CompileMode, device: torch.device) -> str | None:
 class CompiledFunction:
     """``fn``, and its compiled versions by mode, built at first use and shared by every caller in the process.
 
-    Call it as ``compiled(mode, *args)``; ``mode=None`` calls ``fn`` itself, as does a call made while an outer
-    ``torch.compile`` traces (the outer compile then traces ``fn`` inline). The first axis of every tensor among
-    ``args`` is the batch axis and is compiled as dynamic from the first call, so that the last, smaller batch of
+    Call it as ``compiled(mode, *args, **kwargs)``; ``mode=None`` calls ``fn`` itself, as does a call made while an outer
+    ``torch.compile`` traces (the outer compile then traces ``fn`` inline). The first axis of every tensor given
+    directly (not inside a container) is the batch axis and is compiled as dynamic from the first call, so that the last, smaller batch of
     an epoch (or another batch size) reuses the graph instead of compiling a second one; batch size 1 still gets
     its own (torch.compile specialises sizes 0 and 1).
     """
@@ -63,17 +63,17 @@ class CompiledFunction:
         self._compiled: dict[str, Callable] = {}
         self._failed: set[str] = set()
 
-    def __call__(self, mode: str | None, *args):
+    def __call__(self, mode: str | None, *args, **kwargs):
         if mode is None or mode in self._failed or torch.compiler.is_compiling():
-            return self.fn(*args)
+            return self.fn(*args, **kwargs)
         compiled = self._compiled.get(mode)
         try:
             if compiled is None:  # torch.compile itself refuses unsupported platforms (RuntimeError)
                 compiled = self._compiled[mode] = torch.compile(self.fn, mode=mode)
-            for arg in args:
+            for arg in (*args, *kwargs.values()):
                 if isinstance(arg, torch.Tensor) and arg.dim() > 0:
                     torch._dynamo.maybe_mark_dynamic(arg, 0)
-            out = compiled(*args)  # the backend compiles at the first call (BackendCompilerFailed)
+            out = compiled(*args, **kwargs)  # the backend compiles at the first call (BackendCompilerFailed)
         except (torch._dynamo.exc.BackendCompilerFailed, RuntimeError) as error:
             if mode in self._compiled and not isinstance(error, torch._dynamo.exc.BackendCompilerFailed):
                 raise  # an error of the computation itself, not of the compiler
@@ -87,7 +87,7 @@ class CompiledFunction:
                 RuntimeWarning,
                 stacklevel=3,
             )
-            return self.fn(*args)
+            return self.fn(*args, **kwargs)
         if mode in _CUDA_GRAPH_MODES:
             # A CUDA graph's outputs live in its static memory, which its next replay (the next time step)
             # overwrites: keep copies.

@@ -377,7 +377,15 @@ class RelationalMemory(RecurrentCore):
             outputs, attentions, gates = [], [], None
             for rows_t, gate_t, qkv_t, keep_t in steps:
                 memory, gates, attention = _STEP(
-                    mode, shape, memory, rows_t, gate_t, qkv_t, keep_t, weights, return_attention
+                    mode,
+                    shape=shape,
+                    memory=memory,
+                    rows=rows_t,
+                    gate_in=gate_t,
+                    qkv_in=qkv_t,
+                    keep=keep_t,
+                    weights=weights,
+                    keep_attention=return_attention,
                 )
                 outputs.append(memory.flatten(1))  # [B, N*M]
                 attentions.append(attention)
