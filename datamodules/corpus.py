@@ -1,23 +1,10 @@
 """Word-level corpora: reading, the vocabulary, and token streams cached on disk.
 
-Tokens are ``line.split()`` plus ``<eos>`` at the end of every line (WikiText / PTB convention; CRLF line ends are
-fine). The vocabulary is built from the training split only and then frozen; words it lacks map to ``<unk>``.
-Token streams are cached as raw int32 files, memory-mapped on load, under a key made of the input files' paths,
-sizes and modification times, the vocabulary and a format version: editing a split or changing the vocabulary
-settings rebuilds them. The vocabulary is cached too, as ``Vocab.save`` writes it.
-
-Every cache file is checked on load against a JSON file written beside it, and rebuilt from the source text, with
-a warning naming the file and what was wrong, when the check fails:
-
-- a vocabulary cache (a few MB at most) must match the sha256 of its whole content;
-- a token cache must have the size its metadata gives, match the sha256 of a sample of its 4 KiB pages (256 spread
-  evenly, first and last included, plus the file size: every page of a file up to 1 MiB, a 1 MiB read for any
-  larger one), and hold only ids inside the vocabulary (one min/max pass over the memory-mapped array).
-
-The sample catches a truncated, zero-filled or overwritten file; it misses damage confined to pages it does not
-read that keeps every id inside the vocabulary (a few pages zeroed in the middle of a large split, a flipped bit),
-which then trains silently. The full sha256 of the file is stored too (``sha256`` in its JSON, what ``sha256sum``
-prints) to check a suspect cache by hand; deleting the cache folder always rebuilds everything.
+- reading: ``count_words``, ``encode_file`` (tokens are ``line.split()`` plus ``<eos>`` at every line's end, the
+  WikiText / PTB convention; CRLF line ends are fine);
+- the vocabulary: ``Vocab`` (built from the training split only, then frozen; unknown words map to ``<unk>``);
+- the caches: ``load_stream`` and ``load_vocab`` (what is cached and how each file is checked: their docstrings),
+  ``file_key``, ``sampled_digest``, ``file_lock``.
 """
 
 from __future__ import annotations
@@ -258,6 +245,19 @@ def load_stream(path: Path, vocab: Vocab, cache_dir: Path) -> Tensor:
     cached (with a warning when a cache entry was there but failed).
 
     The cached array is memory-mapped: loading reads a 1 MiB sample of the file and scans its ids once.
+
+    Token streams are cached as raw int32 files, memory-mapped on load, under a key made of the input files' paths,
+    sizes and modification times, the vocabulary and a format version: editing a split or changing the vocabulary
+    settings rebuilds them. Every cache file is checked on load against a JSON file written beside it, and rebuilt
+    from the source text, with a warning naming the file and what was wrong, when the check fails. A token cache
+    must have the size its metadata gives, match the sha256 of a sample of its 4 KiB pages (256 spread evenly,
+    first and last included, plus the file size: every page of a file up to 1 MiB, a 1 MiB read for any larger
+    one), and hold only ids inside the vocabulary (one min/max pass over the memory-mapped array).
+
+    The sample catches a truncated, zero-filled or overwritten file; it misses damage confined to pages it does not
+    read that keeps every id inside the vocabulary (a few pages zeroed in the middle of a large split, a flipped
+    bit), which then trains silently. The full sha256 of the file is stored too (``sha256`` in its JSON, what
+    ``sha256sum`` prints) to check a suspect cache by hand; deleting the cache folder always rebuilds everything.
     """
     key = file_key(path, vocab=vocab.fingerprint)
     data, meta = cache_dir / f"{path.stem}-{key}.int32", cache_dir / f"{path.stem}-{key}.json"
@@ -296,7 +296,11 @@ def _read_vocab_cache(path: Path, meta: Path) -> Vocab:
 
 def load_vocab(train: Path, cache_dir: Path, min_freq: int = 1, max_size: int | None = None) -> Vocab:
     """The vocabulary of the training split ``train`` (see ``Vocab.build``), from the cache when its checksum holds,
-    else built and cached (with a warning when a cache entry was there but failed)."""
+    else built and cached (with a warning when a cache entry was there but failed).
+
+    The vocabulary is cached as ``Vocab.save`` writes it; the cache (a few MB at most) must match the sha256 of its
+    whole content, else it is rebuilt with a warning.
+    """
     key = file_key(train, min_freq=min_freq, max_size=max_size)
     path, meta = cache_dir / f"vocab-{key}.txt", cache_dir / f"vocab-{key}.json"
     if path.exists() or meta.exists():

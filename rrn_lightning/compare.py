@@ -1,56 +1,15 @@
-"""``rrn compare``: several runs side by side, as one Markdown table and, if asked, one plot.
+"""``rrn compare``: several runs side by side, as Markdown tables and, if asked, one plot.
 
     rrn compare runs/nth_farthest_rmc_cpu/version_0 runs/nth_farthest_lstm_cpu/version_0
-    rrn compare runs/ --plot runs/compare.png
+    rrn compare runs/ --plot runs/compare.png --at-step 3000 --at-minutes 15
 
-Each RUN_DIR is a run folder written by ``rrn fit`` (``runs/<name>/version_N``, the folder that holds the TensorBoard
-event files), or any folder above run folders, which stands for every run folder below it (sorted by path, version_2
-before version_10). Runs that differ only in their seed are one group (``--no-group``: each run alone): runs whose
-``config.yaml`` files are equal once ``seed_everything`` and the keys that name, place or resume a run (RUN_KEYS,
-LOGGER_RUN_KEYS) are left out, and that report the same metric; a run without a config.yaml is a group of its own.
-The table has one row per group:
-
-- run: the run folder, relative to the current directory (else as given); for a group of several runs, their names
-  with the part where they differ replaced by ``*`` (runs/rmc_seed0/version_0, runs/rmc_seed1/version_0 ->
-  runs/rmc_seed*/version_0, a shell pattern that matches each of them);
-- core: the core's class (its ``class_path`` in ``hparams.yaml``, else in ``config.yaml``);
-- parameters: trainable parameters (``hparams.yaml``), "-" where the run does not record them;
-- n: the number of runs in the group;
-- steps: optimizer steps taken, as checkpoints count them (the largest logged step plus one: Lightning logs what
-  follows step k at step k - 1); wall time: the time spent training (h:mm:ss), see below;
-- best validation metric: the best value of the metric the run reports as best in TensorBoard (``monitor`` and
-  ``monitor_mode`` in ``hparams.yaml``, written by ``rrn_lightning.insight``: the checkpoints' monitored metric, else
-  the task's own, e.g. val/ppl for a language model), else of ``checkpoint.monitor`` / ``checkpoint.mode`` in
-  ``config.yaml``, else val/loss (lower is better); with its step, counted as checkpoints count it;
-- test metric: the last value of that metric's ``test/`` counterpart (val/acc -> test/acc), logged by ``rrn test``;
-  marked stale where the run trained on after it (a train/ or val/ value written later).
-
-With ``--at-step N`` and ``--at-minutes M`` a second and third table give every validation metric as it stood at
-step N or after M minutes of training (the last validation before): runs compared at equal steps and equal time.
-
-A group's steps, wall time, best and test metric are ``mean ± std (min-max)`` over its runs (std: the sample
-standard deviation, n-1), a value that all of them share shown once, the best without its step; ", k of n runs" where
-only k runs have a value.
-
-``--plot FILE.png`` draws, with Pillow alone, each group's validation metric against step and against wall time
-(minutes of training, on the clock below), one colour per group; groups that monitor different metrics get one row of
-panels per metric. A group of several runs is drawn as its mean at the steps that all its runs logged (no
-interpolation), in a band of the run colour, lighter, from their lowest to their highest value; against wall time, at
-the mean of its runs' minutes of training at that step. ``plot_size`` gives the image's size.
-
-Wall time leaves out the idle gaps between a run's processes (an interrupted run and its resumption, a fit and its
-`rrn test`): it is the sum, over the run's event files, of each file's span, the last minus the first wall time of that
-file's ``train/`` and ``val/`` scalars. A file holding no such scalars (the ``test/`` file of `rrn test`) spans nothing.
-The wall-time axis of the plot runs on the same clock: a point sits at the spans of the earlier files (in time) plus its
-time since its own file's first ``train/`` or ``val/`` scalar, so a run's last such scalar sits at its wall time.
-
-Spans are taken from each file as written, read one file at a time, not from the series that TensorBoard shows for the
-whole folder. When a run resumes from a checkpoint, its new file restarts at the checkpoint's step and TensorBoard hides
-whatever the interrupted process logged at or after that step (its purge), so that no step appears twice; the values
-(table and plot) are that purged series. But the hidden stretch was spent training all the same (and redone after the
-resume), and a span cut at the last value TensorBoard keeps would also drop the time between that value and the
-checkpoint; so it counts, and on the plot it shows as the stretch between the interrupted file's last shown point and
-the resumed file's first.
+- reading runs: ``find_runs`` (run folders below the folders given), ``read_run`` (event files, config.yaml,
+  hparams.yaml) -> ``Run``, whose wall time and clock are explained at ``Run.wall_seconds``;
+- grouping seeds: ``experiment_key``, ``group_runs`` -> ``Group`` (how runs group: ``group_runs``);
+- the tables: ``format_table`` (one row per group; the columns at ``COLUMNS``), ``at_table`` (equal steps,
+  equal time);
+- the plot: ``plot_groups``;
+- ``main``: the command line.
 """
 
 from __future__ import annotations
@@ -167,7 +126,24 @@ class Run:
 
     @property
     def wall_seconds(self) -> float | None:
-        """Seconds of training: the sum of the event files' spans; None where no file holds train/ or val/ scalars."""
+        """Seconds of training: the sum of the event files' spans; None where no file holds train/ or val/ scalars.
+
+        Wall time leaves out the idle gaps between a run's processes (an interrupted run and its resumption, a
+        fit and its `rrn test`): it is the sum, over the run's event files, of each file's span, the last
+        minus the first wall time of that file's ``train/`` and ``val/`` scalars. A file holding no such
+        scalars (the ``test/`` file of `rrn test`) spans nothing. The wall-time axis of the plot runs on the
+        same clock: a point sits at the spans of the earlier files (in time) plus its time since its own
+        file's first ``train/`` or ``val/`` scalar, so a run's last such scalar sits at its wall time.
+
+        Spans are taken from each file as written, read one file at a time, not from the series that
+        TensorBoard shows for the whole folder. When a run resumes from a checkpoint, its new file restarts at
+        the checkpoint's step and TensorBoard hides whatever the interrupted process logged at or after that
+        step (its purge), so that no step appears twice; the values (table and plot) are that purged series.
+        But the hidden stretch was spent training all the same (and redone after the resume), and a span cut
+        at the last value TensorBoard keeps would also drop the time between that value and the checkpoint; so
+        it counts, and on the plot it shows as the stretch between the interrupted file's last shown point and
+        the resumed file's first.
+        """
         return sum(span.end - span.start for span in self.spans) if self.spans else None
 
     def elapsed(self, wall_time: float) -> float | None:
@@ -418,7 +394,15 @@ class Group:
 
 def group_runs(runs: Sequence[Run], group: bool = True) -> list[Group]:
     """The runs in groups of equal ``experiment`` and metric, in order of each group's first run; with ``group``
-    false, or for runs without a config, each run is a group of its own."""
+    false, or for runs without a config, each run is a group of its own.
+
+    Each RUN_DIR is a run folder written by ``rrn fit`` (``runs/<name>/version_N``, the folder that holds the
+    TensorBoard event files), or any folder above run folders, which stands for every run folder below it
+    (sorted by path, version_2 before version_10). Runs that differ only in their seed are one group (``--no-group``:
+    each run alone): runs whose ``config.yaml`` files are equal once ``seed_everything`` and the keys
+    that name, place or resume a run (RUN_KEYS, LOGGER_RUN_KEYS) are left out, and that report the same
+    metric; a run without a config.yaml is a group of its own.
+    """
     groups: dict[Any, list[Run]] = {}
     for index, run in enumerate(runs):
         key = (run.experiment, run.metric, run.mode) if group and run.experiment is not None else index
@@ -442,6 +426,29 @@ def group_name(names: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the table
+# The table has one row per group:
+#
+# - run: the run folder, relative to the current directory (else as given); for a group of several runs, their names
+#   with the part where they differ replaced by ``*`` (runs/rmc_seed0/version_0, runs/rmc_seed1/version_0 ->
+#   runs/rmc_seed*/version_0, a shell pattern that matches each of them);
+# - core: the core's class (its ``class_path`` in ``hparams.yaml``, else in ``config.yaml``);
+# - parameters: trainable parameters (``hparams.yaml``), "-" where the run does not record them;
+# - n: the number of runs in the group;
+# - steps: optimizer steps taken, as checkpoints count them (the largest logged step plus one: Lightning logs what
+#   follows step k at step k - 1); wall time: the time spent training (h:mm:ss), see ``Run.wall_seconds``;
+# - best validation metric: the best value of the metric the run reports as best in TensorBoard (``monitor`` and
+#   ``monitor_mode`` in ``hparams.yaml``, written by ``rrn_lightning.insight``: the checkpoints' monitored metric, else
+#   the task's own, e.g. val/ppl for a language model), else of ``checkpoint.monitor`` / ``checkpoint.mode`` in
+#   ``config.yaml``, else val/loss (lower is better); with its step, counted as checkpoints count it;
+# - test metric: the last value of that metric's ``test/`` counterpart (val/acc -> test/acc), logged by ``rrn test``;
+#   marked stale where the run trained on after it (a train/ or val/ value written later).
+#
+# A group's steps, wall time, best and test metric are ``mean ± std (min-max)`` over its runs (std: the sample
+# standard deviation, n-1), a value that all of them share shown once, the best without its step; ", k of n runs" where
+# only k runs have a value.
+#
+# With ``--at-step N`` and ``--at-minutes M`` a second and third table give every validation metric as it stood at
+# step N or after M minutes of training (the last validation before): runs compared at equal steps and equal time.
 COLUMNS = ("run", "core", "parameters", "n", "steps", "wall time", "best validation metric", "test metric")
 RIGHT_ALIGNED = {"parameters", "n", "steps", "wall time"}
 
@@ -648,7 +655,15 @@ def group_curve(group: Group, metric: str) -> list[GroupPoint]:
 
 def plot_groups(groups: Sequence[Group], path: str | Path) -> Path:
     """Draw the groups' validation curves into the PNG file ``path`` (its folders are created) and return the path:
-    a run alone as its points, several runs as their mean in a band from lowest to highest (``group_curve``)."""
+    a run alone as its points, several runs as their mean in a band from lowest to highest (``group_curve``).
+
+    ``--plot FILE.png`` draws, with Pillow alone, each group's validation metric against step and against wall
+    time (minutes of training, on the clock below), one colour per group; groups that monitor different
+    metrics get one row of panels per metric. A group of several runs is drawn as its mean at the steps that
+    all its runs logged (no interpolation), in a band of the run colour, lighter, from their lowest to their
+    highest value; against wall time, at the mean of its runs' minutes of training at that step. ``plot_size``
+    gives the image's size.
+    """
     from PIL import Image, ImageDraw
 
     path = Path(path)

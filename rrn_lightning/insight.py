@@ -1,27 +1,8 @@
 """See inside a run in TensorBoard: curves beyond the loss, the memory's attention, the gates, text samples.
 
-``Insight`` is a callback that ``rrn fit`` adds to every run (the ``insight:`` section of a config; each part can
-be switched off there, e.g. ``--insight.attention=false``). It writes, beside the task's own ``train/``, ``val/``
-and ``test/`` scalars:
-
-- ``train/grad_norm`` (the total L2 norm of the gradients before clipping, unscaled under fp16) and
-  ``train/examples_per_s`` or ``train/tokens_per_s`` (wall-clock, over the last ``log_every_n_steps`` batches; under
-  DDP rank 0's own rate, one process's share);
-- ``hp/best_val_<metric>`` and ``hp/final_val_<metric>`` for the monitored metric (the checkpoint's ``monitor``, or
-  the task's ``primary_metric``), which TensorBoard's HPARAMS tab shows beside the run's hyperparameters;
-- at every ``every_n_validations``-th validation, for a fixed validation example (example ``example`` of the first
-  validation batch): ``attention/example``, an image of the RMC's attention weights (one cell per block and head
-  and chosen time step, the memory slots as rows over the slots and the input as columns, labelled, with the
-  example in words under the grid: the vectors of Nth farthest, a program of Learning to Execute, the words of a
-  language model); ``gates/<name>`` histograms of the input and forget gates (and the LSTM's output gate) over the
-  first ``probe_examples`` validation examples, with their means as ``gates/<name>_mean`` scalars;
-  ``samples/continuation`` (a language model's continuation of the example's first words, sampled with a fixed
-  seed) or ``samples/examples`` (a few examples with their target and the model's output).
-
-The images are drawn from tensors (the colours) with Pillow's ``ImageDraw`` for the labels (Pillow is already
-needed: TensorBoard's image summaries are PNGs that torch's writer encodes with it). An attention image is at most
-about a TensorBoard card wide (``AttentionLayout.size``), so its labels read without enlarging it. Only rank 0 draws and writes; the probes run eagerly (a compiled step would compile a
-graph of its own for them) in eval mode without gradients.
+- drawing: ``colorize``, ``AttentionLayout`` and ``attention_image`` (an attention grid that fits a TensorBoard card);
+- ``chosen_steps`` and ``eager_cores``: which steps an image shows, and probes without compiled steps;
+- ``Insight``: the callback ``rrn fit`` adds to every run (what it writes: its docstring).
 """
 
 from __future__ import annotations
@@ -224,7 +205,25 @@ def eager_cores(module: torch.nn.Module) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------- the callback
 class Insight(Callback):
-    """What ``rrn fit`` writes to TensorBoard beyond the task's own scalars (see the module docstring).
+    """What ``rrn fit`` writes to TensorBoard beyond the task's own scalars; the ``insight:`` section of a config
+    (each part can be switched off there, e.g. ``--insight.attention=false``):
+
+    - ``train/grad_norm`` (the total L2 norm of the gradients before clipping, unscaled under fp16) and
+      ``train/examples_per_s`` or ``train/tokens_per_s`` (wall-clock, over the last ``log_every_n_steps`` batches;
+      under DDP rank 0's own rate, one process's share);
+    - ``hp/best_val_<metric>`` and ``hp/final_val_<metric>`` for the monitored metric (``runs.monitored_metric``),
+      which TensorBoard's HPARAMS tab shows beside the run's hyperparameters;
+    - at every ``every_n_validations``-th validation, for validation example ``example`` of the first batch:
+      ``attention/example``, an image of the RMC's attention weights (``attention_image``); ``gates/<name>``
+      histograms of the input and forget gates (and the LSTM's output gate) over the first ``probe_examples``
+      examples, with their means as ``gates/<name>_mean``; ``samples/continuation`` (a language model's
+      continuation of the example's first words, sampled with a fixed seed) or ``samples/examples`` (a few
+      examples with their target and the model's output).
+
+    Everything drawn comes from the model's ``Probe``. Images are drawn from tensors (the colours) with Pillow's
+    ``ImageDraw`` for the labels (TensorBoard's image summaries are PNGs that torch's writer encodes with Pillow).
+    Only rank 0 draws and writes; the probes run eagerly (a compiled step would compile a graph of its own for
+    them), in eval mode without gradients.
 
     Args:
         grad_norm: Log ``train/grad_norm``, the gradients' total L2 norm before clipping.
