@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 import yaml
 
 from .common import ConfigurationError
+from .drawing import font as text_font
+from .drawing import marker, place_text, vertical_text
 
 DESCRIPTION = (
     "Compare runs: a Markdown table of their results, and optionally a plot of their validation curves."
@@ -670,7 +672,7 @@ def plot_groups(groups: Sequence[Group], path: str | Path) -> Path:
     metrics = list(dict.fromkeys(group.metric for group in groups))  # in order of first appearance
     image = Image.new("RGB", plot_size(len(metrics), len(groups)), "white")
     draw = ImageDraw.Draw(image)
-    font = _font()
+    font = text_font(FONT_SIZE)
     curves = {}  # group index -> (against step, against wall time)
     labels = []
     for i, group in enumerate(groups):
@@ -718,8 +720,8 @@ def plot_groups(groups: Sequence[Group], path: str | Path) -> Path:
             blend.rectangle([MARGIN_LEFT, y - 6, MARGIN_LEFT + 30, y + 6], fill=(*run_colour(i), BAND_ALPHA))
         shape, width = curve_style(i, len(groups))
         draw.line([(MARGIN_LEFT, y), (MARGIN_LEFT + 30, y)], fill=run_colour(i), width=width)
-        _marker(draw, (MARGIN_LEFT + 15, y), shape, run_colour(i))
-        _text(draw, font, (MARGIN_LEFT + 40, y), label, "lm")
+        marker(draw, (MARGIN_LEFT + 15, y), shape, run_colour(i))
+        place_text(draw, font, (MARGIN_LEFT + 40, y), label, "lm")
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -764,9 +766,9 @@ def _draw_panel(image, draw, font, origin: tuple[int, int], titles: tuple[str, s
     left, top = origin[0] + MARGIN_LEFT, origin[1] + MARGIN_TOP
     right, bottom = origin[0] + PANEL_WIDTH - MARGIN_RIGHT, origin[1] + PANEL_HEIGHT - MARGIN_BOTTOM
     centre_x = (left + right) // 2
-    _text(draw, font, (centre_x, origin[1] + MARGIN_TOP // 2), title, "mm")
-    _text(draw, font, (centre_x, bottom + 36), x_title, "mm")
-    _vertical_text(image, font, (origin[0] + 14, (top + bottom) // 2), y_title)
+    place_text(draw, font, (centre_x, origin[1] + MARGIN_TOP // 2), title, "mm")
+    place_text(draw, font, (centre_x, bottom + 36), x_title, "mm")
+    vertical_text(image, font, (origin[0] + 14, (top + bottom) // 2), y_title)
 
     xs = [x for curve in curves for x, _ in curve.points]
     ys = [y for curve in curves for _, y in curve.points if math.isfinite(y)]
@@ -784,12 +786,12 @@ def _draw_panel(image, draw, font, origin: tuple[int, int], titles: tuple[str, s
         px = to_pixels(x, y_ticks[0])[0]
         draw.line([(px, top), (px, bottom)], fill=GRID)
         draw.line([(px, bottom), (px, bottom + 4)], fill=AXIS)
-        _text(draw, font, (px, bottom + 7), _tick_label(x, x_ticks), "mt")
+        place_text(draw, font, (px, bottom + 7), _tick_label(x, x_ticks), "mt")
     for y in y_ticks:
         py = to_pixels(x_ticks[0], y)[1]
         draw.line([(left, py), (right, py)], fill=GRID)
         draw.line([(left - 4, py), (left, py)], fill=AXIS)
-        _text(draw, font, (left - 7, py), _tick_label(y, y_ticks), "rm")
+        place_text(draw, font, (left - 7, py), _tick_label(y, y_ticks), "rm")
     draw.rectangle([left, top, right, bottom], outline=AXIS)
 
     blend = ImageDraw.Draw(image, "RGBA")  # fills with an alpha are blended into the image below them
@@ -810,29 +812,9 @@ def _draw_panel(image, draw, font, origin: tuple[int, int], titles: tuple[str, s
             offset = every * (curve.index % curve.count) / curve.count
             marked = [pixels[int(offset + k * every)] for k in range(MARKERS_PER_CURVE)]
         for xy in marked:
-            _marker(draw, xy, shape, curve.colour)
+            marker(draw, xy, shape, curve.colour)
     if not ys:
-        _text(draw, font, (centre_x, (top + bottom) // 2), "no values logged", "mm", fill=AXIS)
-
-
-def _marker(draw, xy: tuple[float, float], shape: str, colour: tuple[int, int, int], r: float = 4) -> None:
-    """A marker of ``shape`` (one of ``MARKER_SHAPES``) centred on ``xy``, about 2r across, white-edged."""
-    x, y = xy
-    outline = (255, 255, 255)
-    if shape == "circle":
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=outline)
-    elif shape == "square":
-        draw.rectangle([x - r + 1, y - r + 1, x + r - 1, y + r - 1], fill=colour, outline=outline)
-    elif shape == "cross":
-        draw.line([(x - r, y - r), (x + r, y + r)], fill=colour, width=3)
-        draw.line([(x - r, y + r), (x + r, y - r)], fill=colour, width=3)
-    else:
-        corners = {
-            "triangle": [(x, y - r - 1), (x + r, y + r - 1), (x - r, y + r - 1)],
-            "down": [(x, y + r + 1), (x + r, y - r + 1), (x - r, y - r + 1)],
-            "diamond": [(x, y - r - 1), (x + r + 1, y), (x, y + r + 1), (x - r - 1, y)],
-        }[shape]
-        draw.polygon(corners, fill=colour, outline=outline)
+        place_text(draw, font, (centre_x, (top + bottom) // 2), "no values logged", "mm", fill=AXIS)
 
 
 def _finite_stretches(band: Sequence[BandPoint]) -> Iterator[list[BandPoint]]:
@@ -845,36 +827,6 @@ def _finite_stretches(band: Sequence[BandPoint]) -> Iterator[list[BandPoint]]:
         if len(stretch) > 1:
             yield stretch
         stretch = []
-
-
-def _text(draw, font, xy: tuple[float, float], text: str, anchor: str, fill=TEXT) -> None:
-    """``text`` placed by ``anchor`` as Pillow reads it (l/m/r across, t/m down; "mt": centred, top at xy), worked
-    out here from the text's ink box, since Pillow's own ``anchor=`` needs a FreeType font."""
-    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
-    x = xy[0] - {"l": x0, "m": (x0 + x1) / 2, "r": x1}[anchor[0]]
-    y = xy[1] - {"t": y0, "m": (y0 + y1) / 2}[anchor[1]]
-    draw.text((x, y), text, fill=fill, font=font)
-
-
-def _vertical_text(image, font, centre: tuple[int, int], text: str) -> None:
-    """``text`` turned a quarter left (read bottom to top), centred on ``centre``: the y axis title."""
-    from PIL import Image, ImageDraw
-
-    _, _, width, height = font.getbbox(text)
-    label = Image.new("RGBA", (width + 2, height + 2), (255, 255, 255, 0))
-    ImageDraw.Draw(label).text((1, 1), text, fill=TEXT, font=font)
-    label = label.rotate(90, expand=True)
-    image.paste(label, (centre[0] - label.width // 2, centre[1] - label.height // 2), label)
-
-
-def _font():
-    """Pillow's own font (no font files needed), at FONT_SIZE where this Pillow can scale it (10.1 and later)."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=FONT_SIZE)
-    except (TypeError, OSError, ImportError):  # older Pillow, or one without FreeType: the bitmap font
-        return ImageFont.load_default()
 
 
 # ---------------------------------------------------------------------------------------------- command

@@ -22,6 +22,8 @@ from torch import Tensor
 
 from .common import ConfigurationError, DescribesExamples, check_positive_ints
 from .cores import CoreTrace
+from .drawing import colorize, fit_text, wrap_text
+from .drawing import font as text_font
 from .lightning_private import accumulating, logged_step
 from .runs import monitored_metric
 from .tasks import Probe, TaskModule
@@ -29,10 +31,6 @@ from .tasks import Probe, TaskModule
 __all__ = ["AttentionLayout", "Insight", "attention_image", "colorize"]
 
 # ---------------------------------------------------------------------------------------------- drawing
-# A perceptually ordered map from 0 (dark blue) to 1 (yellow), our own anchors, linearly interpolated.
-_COLORS = torch.tensor(
-    [[0.05, 0.03, 0.24], [0.16, 0.24, 0.55], [0.12, 0.55, 0.55], [0.43, 0.78, 0.35], [0.98, 0.90, 0.16]]
-)
 # Sizes in pixels. TensorBoard's Time Series cards fit an image into a box of about 440 x 200 pixels (in a window
 # 1600 wide), scaling it down when it is larger: the grid is drawn to fit that box so its labels stay readable
 # without "Show actual image size".
@@ -46,15 +44,6 @@ LEFT = 30  # row labels ("h1", "b1h2") and the slot numbers
 TOP = 2 * LINE + 4  # the title, then the column headers (time step and what is read there)
 TICKS = LINE  # the key labels under the last row of cells
 RIGHT = 22  # the colour bar and its labels
-
-
-def colorize(values: Tensor) -> Tensor:
-    """Values in [0, 1] ``[...]`` -> RGB ``[..., 3]`` uint8 through the module's colour map."""
-    x = values.float().clamp(0, 1) * (len(_COLORS) - 1)
-    low = x.floor().long().clamp(max=len(_COLORS) - 2)
-    frac = (x - low)[..., None]
-    rgb = _COLORS[low] * (1 - frac) + _COLORS[low + 1] * frac
-    return (rgb * 255).round().to(torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -89,15 +78,6 @@ class AttentionLayout:
         return width, height
 
 
-def _font():
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=FONT_SIZE)
-    except (TypeError, OSError):  # Pillow without FreeType: its fixed bitmap font
-        return ImageFont.load_default()
-
-
 def attention_image(
     attention: Tensor, steps: list[int], step_labels: list[str], caption: list[str], title: str = ""
 ) -> Tensor:
@@ -110,12 +90,12 @@ def attention_image(
     from PIL import Image, ImageDraw
 
     T, blocks, heads, N, K = attention.shape
-    font = _font()
+    font = text_font(FONT_SIZE)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     # The caption wraps to the width the grid has without it (at most CARD_WIDTH); its lines then make the cells
     # smaller so that the whole image still fits a card.
     text_width = max(AttentionLayout(blocks * heads, len(steps), N, K).grid_width, MIN_WIDTH) - 4
-    caption_lines = [part for line in caption for part in _wrap(measure, line, text_width, font)]
+    caption_lines = [part for line in caption for part in wrap_text(measure, line, text_width, font)]
     layout = AttentionLayout(blocks * heads, len(steps), N, K, len(caption_lines))
     width, height = layout.size
     s, top = layout.scale, TOP
@@ -135,11 +115,11 @@ def attention_image(
     draw = ImageDraw.Draw(image)
     black, grey = (0, 0, 0), (90, 90, 90)
     title = title or "attention: slots (rows) over slots and input x"
-    draw.text((2, 2), _fit(draw, title, width - 4, font), fill=black, font=font)
+    draw.text((2, 2), fit_text(draw, title, width - 4, font), fill=black, font=font)
     for column, t in enumerate(steps):
         x = LEFT + column * cell_w
         label = f"t={t}: {step_labels[t]}" if t < len(step_labels) and step_labels[t] else f"t={t}"
-        draw.text((x, top - LINE - 2), _fit(draw, label, cell_w - 2, font), fill=black, font=font)
+        draw.text((x, top - LINE - 2), fit_text(draw, label, cell_w - 2, font), fill=black, font=font)
         y = top + layout.rows * cell_h - GAP + 1
         for k in range(K):  # key labels under the last row: slot numbers, then x for the input rows
             if s >= 7 or k in (0, N - 1, N):
@@ -158,27 +138,6 @@ def attention_image(
         draw.text((2, y), line, fill=black, font=font)
         y += LINE
     return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
-
-
-def _fit(draw, text: str, width: int, font) -> str:
-    """``text``, cut with an ellipsis to fit ``width`` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "...", font=font) > width:
-        text = text[:-1]
-    return text + "..."
-
-
-def _wrap(draw, text: str, width: int, font) -> list[str]:
-    """``text`` in lines of at most ``width`` pixels, broken at spaces (a word wider than a line is cut)."""
-    lines: list[str] = []
-    for word in text.split(" "):
-        joined = f"{lines[-1]} {word}" if lines else word
-        if lines and draw.textlength(joined, font=font) <= width:
-            lines[-1] = joined
-        else:
-            lines.append(_fit(draw, word, width, font))
-    return lines or [""]
 
 
 def chosen_steps(length: int, count: int) -> list[int]:
