@@ -73,6 +73,8 @@ class CheckpointedTask:
         checkpoint_settings: For a top-level submodule, the setting that sizes it, for "which setting probably
             differs" when a checkpoint does not fit.
         vocabulary_modules: Submodules whose first dimension is the vocabulary.
+        legacy_state_prefixes: State-dict key prefixes that older checkpoints of the class wrote, by the prefix
+            that replaced them (``upgrade_state_dict`` renames them).
     """
 
     kind: ClassVar[str | None] = None
@@ -80,6 +82,16 @@ class CheckpointedTask:
     optional_checkpoint_modules: ClassVar[frozenset[str]] = frozenset()
     checkpoint_settings: ClassVar[dict[str, str]] = {}
     vocabulary_modules: ClassVar[frozenset[str]] = frozenset()
+    legacy_state_prefixes: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def upgrade_state_dict(cls, state: dict) -> dict:
+        """``state`` (changed in place, and returned) with the keys of ``legacy_state_prefixes`` renamed."""
+        for key in list(state):
+            for old, new in cls.legacy_state_prefixes.items():
+                if key.startswith(old):
+                    state[new + key[len(old) :]] = state.pop(key)
+        return state
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -368,6 +380,7 @@ def _check_kind(checkpoint: dict, model: Any, where: str) -> None:
 def _check_shapes(theirs: dict, model: Any, where: str) -> None:
     ours = model.state_dict()
     task = model if isinstance(model, CheckpointedTask) else CheckpointedTask()
+    theirs = task.upgrade_state_dict(dict(theirs))
     # Training metric sums that older checkpoints lack: the module fills them in when it loads.
     optional = task.training_metric_states()
     for name, tensor in ours.items():

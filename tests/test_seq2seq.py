@@ -369,3 +369,24 @@ def test_data_loader_workers_follow_the_curriculum_level():
     dm.curriculum.set_level(4, 1)  # as the callback would, while the workers are running
     later = list(batches)[-10:]  # past what the workers had prefetched
     assert all(_literal_digits(b[0], b[1]) == {4} for b in later)
+
+
+def test_metrics_follow_one_convention_and_old_checkpoints_still_load(tmp_path):
+    """Every task adds its metrics with add_metric (issue 21); a Seq2Seq checkpoint written when its accuracies
+    lived in a ModuleDict (metrics.train_char.*) loads with its sums under the new names."""
+    model = tiny_seq2seq()
+    children = {name for name, _ in model.named_children()}
+    assert {"train_loss", "train_char_acc", "val_seq_acc"} <= children and "metrics" not in children
+    model.metric("train", "char_acc").correct += 7
+    state = {
+        key.replace("train_char_acc.", "metrics.train_char.").replace("train_seq_acc.", "metrics.train_seq."): value
+        for key, value in model.state_dict().items()
+    }
+    assert "metrics.train_char.correct" in state
+    torch.save(
+        {"state_dict": state, "pytorch-lightning_version": "2.6.0", "hyper_parameters": dict(model.hparams)},
+        tmp_path / "old.ckpt",
+    )
+    core = RelationalMemory(V, mem_slots=2, head_size=8, num_heads=2, gate_style="memory")
+    loaded = Seq2Seq.load_from_checkpoint(tmp_path / "old.ckpt", core=core)
+    assert int(loaded.metric("train", "char_acc").correct) == 7

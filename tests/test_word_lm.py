@@ -211,7 +211,7 @@ def test_validation_leaves_the_training_state_alone():
 
 def test_perplexity_is_exp_of_token_mean_nll():
     model = tiny_lm()
-    metric = model.metrics["val_ppl"]
+    metric = model.metric("val", "ppl")
     total, count = 0.0, 0
     for _ in range(3):
         inputs, targets = torch.randint(30, (2, 5)), torch.randint(30, (2, 5))

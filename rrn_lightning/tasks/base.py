@@ -120,6 +120,7 @@ class TaskModule(LightningModule, CheckpointedTask):
         compile_step: CompileMode | None = None,
     ) -> None:
         super().__init__()
+        self._metrics: dict[tuple[str, str], Metric] = {}  # (stage, name) -> metric, filled by add_metric
         self.check_core(core, one_row=self.one_row_core)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -252,27 +253,36 @@ class TaskModule(LightningModule, CheckpointedTask):
         raise NotImplementedError
 
     # -------------------------------------------------------------- metrics
-    def training_metrics(self) -> list[Metric]:
-        """The torchmetrics objects that aggregate training: ``train_loss`` (the training loss as a metric, so that
-        checkpoints hold its epoch sums) and any training accuracy. Call ``persist_training_metrics`` once they
-        exist."""
-        raise NotImplementedError
-
-    def persist_training_metrics(self) -> None:
-        """Save the training metrics in checkpoints, so that the epoch aggregates of an epoch resumed mid-way
-        (``train/loss_epoch``, ``train/acc_epoch``, ...) count the batches before the interruption too.
-        Checkpoints written before they were saved load with those states at zero."""
-        for metric in self.training_metrics():
+    # One convention for every task: each metric is added with add_metric(stage, name, metric), becomes the
+    # submodule ``{stage}_{name}`` (its state-dict prefix) and is found again with metric(stage, name).
+    def add_metric(self, stage: Stage, name: str, metric: Metric) -> Metric:
+        """Register ``metric`` for ``stage`` (train, val or test) under ``name`` (logged as ``{stage}/{name}``).
+        Training metrics are saved in checkpoints, so that the epoch aggregates of an epoch resumed mid-way
+        (``train/loss_epoch``, ``train/acc_epoch``, ...) count the batches before the interruption too; checkpoints
+        written before they were saved load with those states at zero. Every task adds ``("train", "loss")``."""
+        setattr(self, f"{stage}_{name}", metric)
+        self._metrics[(stage, name)] = metric
+        if stage == "train":
             metric.persistent(True)
+        return metric
+
+    def metric(self, stage: Stage, name: str) -> Metric:
+        """The metric added as ``(stage, name)``."""
+        return self._metrics[(stage, name)]
+
+    def training_metrics(self) -> list[Metric]:
+        """The metrics added for the train stage: the training loss and any training accuracy."""
+        return [metric for (stage, _), metric in self._metrics.items() if stage == "train"]
 
     def log_training_loss(self, *update: Any) -> None:
-        """Update ``self.train_loss`` with ``update`` (its ``update`` arguments) and log it as ``train/loss``, per
-        step and as the epoch's mean."""
-        self.train_loss(*update)
-        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        """Update the training loss metric with ``update`` (its ``update`` arguments) and log it as ``train/loss``,
+        per step and as the epoch's mean."""
+        loss = self.metric("train", "loss")
+        loss(*update)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
 
     def log_loss(self, stage: Stage, loss: Tensor, batch_size: int) -> None:
-        """A batch's mean loss: in training into ``train_loss`` (weighted by ``batch_size``; batches that
+        """A batch's mean loss: in training into the training loss metric (weighted by ``batch_size``; batches that
         ``NonFiniteLoss`` skips are left out); in evaluation logged as ``{stage}/loss``, the epoch's mean over
         batches and DDP ranks weighted by ``batch_size``."""
         if stage == "train":
@@ -307,6 +317,7 @@ class TaskModule(LightningModule, CheckpointedTask):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("state_dict")
         if state is not None:
+            self.upgrade_state_dict(state)
             # The checkpoint holds rank 0's sums: under DDP the other ranks start the resumed epoch from zero, so
             # that no batch is counted twice when the ranks' sums are added up.
             other_rank = self._trainer is not None and self.trainer.global_rank != 0

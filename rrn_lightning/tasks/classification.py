@@ -102,18 +102,13 @@ class SequenceClassifier(TaskModule):
         self.save_config_hyperparameters()
         self.core = core
         self.head = mlp(core.output_size, tuple(head_sizes), num_classes)
-        self.train_loss = MeanMetric(nan_strategy="ignore")
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_group_acc = GroupAccuracy()
-        self.test_group_acc = GroupAccuracy()
-        self.persist_training_metrics()
+        self.add_metric("train", "loss", MeanMetric(nan_strategy="ignore"))
+        for stage in ("train", "val", "test"):
+            self.add_metric(stage, "acc", MulticlassAccuracy(num_classes, average="micro"))
+        for stage in ("val", "test"):
+            self.add_metric(stage, "group_acc", GroupAccuracy())
 
     primary_metric = ("acc", "max")
-
-    def training_metrics(self) -> list[Metric]:
-        return [self.train_loss, self.train_acc]
 
     def probe(self, batch: ClassificationBatch | tuple[Tensor, ...]) -> Probe:
         batch = unpack_batch(batch)
@@ -141,17 +136,17 @@ class SequenceClassifier(TaskModule):
             raise ValueError(f"SequenceClassifier: {stage} batches need labels: (inputs, labels[, lengths]).")
         logits = self(batch.inputs, batch.lengths)
         loss = F.cross_entropy(logits.float(), labels)
-        accuracy = getattr(self, f"{stage}_acc")
+        accuracy = self.metric(stage, "acc")
         accuracy(logits, labels)
         size = labels.shape[0]
         self.log_loss(stage, loss, size)
         self.log_metric(stage, "acc", accuracy, size, on_step=stage == "train")
         if batch.groups is not None and stage != "train":
-            getattr(self, f"{stage}_group_acc").update(logits.argmax(-1), labels, batch.groups)
+            self.metric(stage, "group_acc").update(logits.argmax(-1), labels, batch.groups)
         return loss
 
     def _log_group_accuracy(self, stage: Stage) -> None:
-        metric = getattr(self, f"{stage}_group_acc")
+        metric = self.metric(stage, "group_acc")
         if metric.update_count == 0:  # batches without groups
             return
         for group, value in metric.compute().items():

@@ -179,16 +179,10 @@ class LanguageModel(TaskModule):
         if init_range is not None:
             for p in self.parameters():
                 nn.init.uniform_(p, -init_range, init_range)
-        self.metrics = nn.ModuleDict(
-            {
-                f"{stage}_{kind}": TokenNLL(exp=kind == "ppl")
-                for stage in ("val", "test")
-                for kind in ("loss", "ppl")
-            }
-        )
-        # The training loss as a metric, so that checkpoints hold its epoch sums.
-        self.train_loss = TokenNLL(finite_only=True)
-        self.persist_training_metrics()
+        for stage in ("val", "test"):
+            for kind in ("loss", "ppl"):
+                self.add_metric(stage, kind, TokenNLL(exp=kind == "ppl"))
+        self.add_metric("train", "loss", TokenNLL(finite_only=True))
         self._states: dict[str, Any] = {}  # the carried core state, per stage
         self.vocab_words: list[str] | None = None if vocab is None else list(vocab)  # stored in checkpoints
 
@@ -247,15 +241,12 @@ class LanguageModel(TaskModule):
             self.log_training_loss(nll_sum, count)
         else:
             for kind in ("loss", "ppl"):
-                metric = self.metrics[f"{stage}_{kind}"]
+                metric = self.metric(stage, kind)
                 metric.update(nll_sum, count)
                 self.log_metric(stage, kind, metric)
         return loss
 
     primary_metric = ("ppl", "min")
-
-    def training_metrics(self) -> list[Metric]:
-        return [self.train_loss]
 
     def probe(self, batch: LanguageModelBatch) -> Probe:
         """The embedded window (from a fresh state), the most likely next word at each position, and what a

@@ -116,20 +116,14 @@ class Seq2Seq(TaskModule):
         self.feedback = nn.Embedding(num_classes + 1, decoder.input_size) if autoregressive else None
         self.start_symbol = num_classes
         self.head = mlp(decoder.output_size, tuple(head_sizes), num_classes)
-        self.metrics = nn.ModuleDict(
-            {
-                f"{stage}_{kind}": SequenceAccuracy(whole_sequence=kind == "seq")
-                for stage in ("train", "val", "test")
-                for kind in ("char", "seq")
-            }
-        )
-        self.train_loss = MeanMetric(nan_strategy="ignore")
-        self.persist_training_metrics()
+        self.add_metric("train", "loss", MeanMetric(nan_strategy="ignore"))
+        for stage in ("train", "val", "test"):
+            for kind in ("char", "seq"):
+                self.add_metric(stage, f"{kind}_acc", SequenceAccuracy(whole_sequence=kind == "seq"))
 
     primary_metric = ("seq_acc", "max")
-
-    def training_metrics(self) -> list[Metric]:
-        return [self.train_loss, self.metrics["train_char"], self.metrics["train_seq"]]
+    # Checkpoints written before the metrics had one convention held them in a ModuleDict.
+    legacy_state_prefixes = {f"metrics.train_{kind}.": f"train_{kind}_acc." for kind in ("char", "seq")}
 
     def probe(self, batch: Seq2SeqBatch) -> Probe:
         """The encoder's inputs (what the attention maps show) and the decoded outputs."""
@@ -189,7 +183,7 @@ class Seq2Seq(TaskModule):
         B = targets.shape[0]
         self.log_loss(stage, loss, B)
         for kind in ("char", "seq"):
-            metric = self.metrics[f"{stage}_{kind}"]
+            metric = self.metric(stage, f"{kind}_acc")
             metric.update(predictions, targets)
             self.log_metric(stage, f"{kind}_acc", metric, B)
         return loss
