@@ -1,18 +1,12 @@
 """``TaskModule``: what our three LightningModules share, so that each task module holds only its model and loss.
 
-A task module subclasses ``TaskModule`` and writes ``__init__`` (its arguments are the configuration), ``forward``,
-``shared_step`` (one batch of any stage: its loss and metrics) and ``training_metrics``, and for what TensorBoard
-shows beyond the scalars (``rrn_lightning.insight``) ``probe``, ``batch_counts`` and ``primary_metric``.
-``TaskModule`` does the rest:
+A task writes ``__init__`` (its arguments are the configuration; it adds its metrics with ``add_metric``),
+``forward``, ``shared_step`` (one batch of any stage), and for inspection ``probe``, ``batch_counts`` and
+``primary_metric``; it declares what checkpoints must agree on (``checkpoints.CheckpointedTask``). Here:
 
-- the core checks (``check_core``): a ``RecurrentCore``, reading one row per step where the task needs it;
-- hyperparameters saved so that ``load_from_checkpoint(path)`` alone rebuilds the module
-  (``save_config_hyperparameters``), and checkpoints read safely before Lightning imports what they name;
-- the optimizer and scheduler plumbing (``configure_optimizers`` from the ``optimizer`` / ``lr_scheduler``
-  arguments, also when a checkpoint records them as import paths);
-- the train / val / test step triplet, all three calling ``shared_step``;
-- the metric bookkeeping: training metrics saved in checkpoints and restarted at each epoch's first batch, the loss
-  and metrics logged under ``{stage}/{name}`` the same way by every task.
+- ``Probe``, ``mlp``, ``resolve_factory``; ``TaskModule``: core checks, hyperparameters that rebuild the module,
+  safe checkpoint loading, optimizers and schedulers, the step triplet, metrics (``add_metric``, ``metric``) and
+  their logging under ``{stage}/{name}``.
 """
 
 from __future__ import annotations
