@@ -15,7 +15,7 @@ from datamodules.corpus import encode_file, load_stream
 from datamodules.corpus_sources import split_books, wikitext_rows_to_file
 from rrn_lightning import LanguageModel, LSTMCore, RecurrentCore, RelationalMemory
 from rrn_lightning.cli import cli_main
-from rrn_lightning.common import IGNORE_INDEX
+from rrn_lightning.common import IGNORE_INDEX, ConfigurationError
 from rrn_lightning.generate import generate_text
 
 TINY = Path(__file__).parent / "data" / "gettysburg"
@@ -432,3 +432,32 @@ def test_wikitext_download_writes_the_splits_from_the_hub_parquet_files(tmp_path
     ]
     assert len(dm.stream("valid")) == 2 + 4  # two lines: two <eos> and four words
     assert corpus_sources.WIKITEXT["wikitext-103"] == "wikitext-103-v1"
+
+
+def test_embedding_and_output_dropout_on_their_own():
+    """embedding_dropout / output_dropout (issue 23): unset, the model trains exactly as with dropout alone (the
+    loss below is what the code before them gave); set, they change training, and evaluation stays deterministic
+    and the same as without dropout."""
+    tokens = torch.randint(30, (3, 11), generator=torch.Generator().manual_seed(5))
+    batch = (tokens[:, :-1], tokens[:, 1:])
+
+    def training_loss(**kwargs) -> float:
+        torch.manual_seed(0)
+        model = LanguageModel(LSTMCore(8, 12), vocab_size=30, **kwargs)
+        torch.manual_seed(1)
+        return model.training_step(batch, 0).item()
+
+    assert training_loss(dropout=0.3) == pytest.approx(3.415724992752075, rel=1e-6)  # the code before them
+    assert training_loss(dropout=0.3, embedding_dropout=0.3, output_dropout=0.3) == training_loss(dropout=0.3)
+    assert training_loss(dropout=0.3, output_dropout=0.0) != training_loss(dropout=0.3)
+    assert training_loss(embedding_dropout=0.5) != training_loss()
+
+    def evaluation(**kwargs) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = LanguageModel(LSTMCore(8, 12), vocab_size=30, **kwargs).eval()
+        with torch.no_grad():
+            return model(batch[0])[0]
+
+    assert torch.equal(evaluation(embedding_dropout=0.5, output_dropout=0.2), evaluation())
+    with pytest.raises(ConfigurationError, match="output_dropout must lie in \\[0, 1\\), got output_dropout=1.0"):
+        LanguageModel(LSTMCore(8, 12), vocab_size=30, output_dropout=1.0)

@@ -70,7 +70,7 @@ class LanguageModel(TaskModule):
     Args:
         core: The recurrent core; its ``input_size`` is the embedding size.
         vocab_size: Number of words (linked from the data by the ``rrn`` CLI).
-        dropout: Dropout on the embeddings and on the core's outputs.
+        dropout: Dropout on the embeddings and on the core's outputs (each unless set on its own below).
         tie_weights: Share the embedding matrix with the output layer (Press & Wolf 2017; Inan et al. 2017); when
             the core's output size differs from the embedding size, a Linear projection maps one to the other.
             Only with the full softmax: the adaptive softmax has per-cluster projections of other shapes.
@@ -89,6 +89,8 @@ class LanguageModel(TaskModule):
             model. Not a hyperparameter (WikiText-103's has 267k words): a checkpoint keeps it once.
         compile_step: Run the core's step under ``torch.compile``; None keeps the core's own setting (see
             ``TaskModule``).
+        embedding_dropout: Dropout on the embeddings; None: ``dropout``.
+        output_dropout: Dropout on the core's outputs, before the softmax; None: ``dropout``.
     """
     kind = "language model"
     checkpoint_modules = frozenset({"core", "embedding"})
@@ -101,8 +103,6 @@ class LanguageModel(TaskModule):
         "adaptive": "adaptive_softmax_cutoffs or the core's output size",
     }
     vocabulary_modules = frozenset({"embedding", "decoder", "adaptive"})
-
-
     one_row_core = True
 
     def __init__(
@@ -118,6 +118,8 @@ class LanguageModel(TaskModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         vocab: list[str] | None = None,
         compile_step: CompileMode | None = None,
+        embedding_dropout: float | None = None,
+        output_dropout: float | None = None,
     ) -> None:
         super().__init__(core, optimizer, lr_scheduler, compile_step)
         name = self.owner
@@ -132,8 +134,13 @@ class LanguageModel(TaskModule):
                 f"{name}: vocab must list the vocab_size={vocab_size} words in id order, got {described}; pass "
                 "the data's words (WordLMDataModule.vocab.itos) or leave vocab out."
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigurationError(f"{name}: dropout must lie in [0, 1), got dropout={dropout!r}.")
+        embedding_dropout = dropout if embedding_dropout is None else embedding_dropout
+        output_dropout = dropout if output_dropout is None else output_dropout
+        for key, value in (
+            ("dropout", dropout), ("embedding_dropout", embedding_dropout), ("output_dropout", output_dropout)
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+                raise ConfigurationError(f"{name}: {key} must lie in [0, 1), got {key}={value!r}.")
         if init_range is not None and not init_range > 0:
             raise ConfigurationError(
                 f"{name}: init_range must be positive or None, got init_range={init_range!r}."
@@ -161,7 +168,8 @@ class LanguageModel(TaskModule):
         self.vocab_size = vocab_size
         embedding_size, output_size = core.input_size, core.output_size
         self.embedding = nn.Embedding(vocab_size, embedding_size)
-        self.dropout = nn.Dropout(dropout)
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.output_dropout = nn.Dropout(output_dropout)
         self.projection: nn.Linear | None = None
         self.decoder: nn.Linear | None = None
         self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
@@ -189,9 +197,9 @@ class LanguageModel(TaskModule):
     # -------------------------------------------------------------- the model
     def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """tokens [B, T] -> hidden [B, T, F] (the input of the output layer) and the core's final state."""
-        x = self.dropout(self.embedding(tokens))
+        x = self.embedding_dropout(self.embedding(tokens))
         outputs, state = self.core(x, state)
-        hidden = self.dropout(outputs)
+        hidden = self.output_dropout(outputs)
         if self.projection is not None:
             hidden = self.projection(hidden)
         return hidden, state
@@ -254,7 +262,7 @@ class LanguageModel(TaskModule):
         tokens = _named(batch).inputs
         hidden, _ = self(tokens)
         return Probe(
-            self.dropout(self.embedding(tokens)),
+            self.embedding_dropout(self.embedding(tokens)),
             None,
             self.log_probs(hidden).argmax(-1),
             self.core,
