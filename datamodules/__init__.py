@@ -8,6 +8,7 @@ from .bptt import BPTTBatches
 from .corpus import CorpusError, Vocab
 from .learn_to_execute import Curriculum, CurriculumCallback, LearnToExecuteDataModule
 from .nth_farthest import NthFarthestDataModule, make_nth_farthest
+from .sequences import SequenceDataModule
 from .sorting import SortingDataModule, make_sorting
 from .word_lm import WordLMDataModule
 
@@ -18,6 +19,7 @@ __all__ = [
     "CurriculumCallback",
     "LearnToExecuteDataModule",
     "NthFarthestDataModule",
+    "SequenceDataModule",
     "SortingDataModule",
     "Vocab",
     "WordLMDataModule",

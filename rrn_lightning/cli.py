@@ -248,6 +248,7 @@ class RRNCLI(HookedCLI):
             "data.input_size", "model.init_args.core.init_args.input_size", apply_on="instantiate"
         )
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
         # The words themselves, passed in rather than read by the model from trainer.datamodule: the model says
         # what it needs, and the data module knows nothing of models.

@@ -34,6 +34,7 @@ from .lightning_private import (
     tensorboard_hparams,
     write_summaries,
 )
+from .tasks import TaskModule
 
 __all__ = [
     "NonFiniteLoss",
@@ -395,7 +396,11 @@ class PredictionWriter(BasePredictionWriter):
             return
         if not all(isinstance(b, dict) for b in batches):
             batches = [{"prediction": b} for b in batches]
-        merged = {key: _concatenate([b[key] for b in batches]) for key in batches[0]}
+        merged: dict[str, Any] = {key: _concatenate([b[key] for b in batches]) for key in batches[0]}
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in merged.items())
+        count = len(next(iter(merged.values())))
+        if isinstance(pl_module, TaskModule):
+            merged.update(pl_module.prediction_extras())
         folder = Path(trainer.log_dir or trainer.default_root_dir)
         name = self.filename
         if trainer.world_size > 1:
@@ -406,9 +411,9 @@ class PredictionWriter(BasePredictionWriter):
         partial = folder / f".{name}.part"
         torch.save(merged, partial)
         os.replace(partial, self.path)
-        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in merged.items())
         split = "" if self.split is None else f"the {self.split} split, "
-        print(f"rrn predict: wrote {self.path} ({split}{len(next(iter(merged.values())))} examples: {shapes})")
+        extras = "".join(f"; {key}" for key, value in merged.items() if not isinstance(value, Tensor))
+        print(f"rrn predict: wrote {self.path} ({split}{count} examples: {shapes}{extras})")
 
 
 def _concatenate(tensors: list[Tensor]) -> Tensor:

@@ -242,6 +242,10 @@ class TaskModule(LightningModule, CheckpointedTask):
         ``Insight`` in eval mode without gradients."""
         raise NotImplementedError
 
+    def prediction_extras(self) -> dict[str, Any]:
+        """What ``rrn predict`` writes beside the predictions (e.g. the names of the class ids); none here."""
+        return {}
+
     def batch_counts(self, batch: Any) -> tuple[str, int]:
         """What one training batch holds, for throughput: ``("examples", B)``, or ``("tokens", n)``."""
         raise NotImplementedError

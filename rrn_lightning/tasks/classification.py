@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.utilities import dim_zero_cat
 
-from ..common import ClassificationBatch, check_positive_ints
+from ..common import ClassificationBatch, ConfigurationError, check_positive_ints
 from ..cores import RecurrentCore
 from ..cores.compiling import CompileMode
 from .base import CORE_SETTING, Probe, Stage, TaskModule, mlp
@@ -81,11 +81,13 @@ class SequenceClassifier(TaskModule):
             (``ReduceLROnPlateau`` watches ``val/loss``).
         compile_step: Run the core's step under ``torch.compile`` (``RelationalMemory.compile_step``): false, true
             (inductor's default mode) or a mode name; None (the default) keeps the core's own setting.
+        class_names: The label of each class id (linked by the ``rrn`` CLI from a data module that has them, such
+            as ``SequenceDataModule``); kept in checkpoints and written beside ``rrn predict``'s predictions.
     """
+
     kind = "sequence classifier"
     checkpoint_modules = frozenset({"core", "head"})
     checkpoint_settings = {"core": CORE_SETTING, "head": "num_classes (from the data) or head_sizes"}
-
 
     def __init__(
         self,
@@ -95,9 +97,18 @@ class SequenceClassifier(TaskModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         compile_step: CompileMode | None = None,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__(core, optimizer, lr_scheduler, compile_step)
         check_positive_ints(self.owner, num_classes=num_classes)
+        if class_names is not None and (
+            len(class_names) != num_classes or not all(isinstance(n, str) for n in class_names)
+        ):
+            raise ConfigurationError(
+                f"{self.owner}: class_names must name the num_classes={num_classes} classes in id order, got "
+                f"{class_names!r}."
+            )
+        self.class_names = None if class_names is None else list(class_names)
         self.check_head_sizes(head_sizes)
         self.save_config_hyperparameters()
         self.core = core
@@ -158,6 +169,10 @@ class SequenceClassifier(TaskModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_group_accuracy("test")
+
+    def prediction_extras(self) -> dict[str, list[str]]:
+        """The class names, where the model has them: predictions_<split>.pt gets ``class_names``."""
+        return {} if self.class_names is None else {"class_names": list(self.class_names)}
 
     def predict_step(self, batch: ClassificationBatch | Tensor, batch_idx: int) -> dict[str, Tensor]:
         batch = unpack_batch(batch)

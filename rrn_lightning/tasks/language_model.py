@@ -92,6 +92,7 @@ class LanguageModel(TaskModule):
         embedding_dropout: Dropout on the embeddings; None: ``dropout``.
         output_dropout: Dropout on the core's outputs, before the softmax; None: ``dropout``.
     """
+
     kind = "language model"
     checkpoint_modules = frozenset({"core", "embedding"})
     optional_checkpoint_modules = frozenset({"decoder", "projection", "adaptive"})

@@ -70,6 +70,7 @@ class Seq2Seq(TaskModule):
         optimizer, lr_scheduler, compile_step: As in ``SequenceClassifier`` (``compile_step`` also sets the
             decoder core's).
     """
+
     kind = "sequence-to-sequence model"
     checkpoint_modules = frozenset({"core", "head"})
     optional_checkpoint_modules = frozenset({"decoder_core", "feedback"})
@@ -79,7 +80,6 @@ class Seq2Seq(TaskModule):
         "head": "num_classes (from the data) or head_sizes",
         "feedback": "autoregressive or num_classes",
     }
-
 
     one_row_core = True
 
