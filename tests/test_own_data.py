@@ -174,3 +174,42 @@ def test_own_data_configs_run(config, tmp_path):
     args = [f"--config={config}", f"--data.init_args.path={fixed(tmp_path)}", f"--trainer.default_root_dir={tmp_path}"]
     cli = cli_main(["fit", *args, "--trainer.fast_dev_run=true"])
     assert cli.model.core.input_size == 4 and cli.model.class_names == ["0", "1"]
+
+
+def test_the_digits_example_writes_sequences_the_data_module_reads(tmp_path):
+    pytest.importorskip("sklearn")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("digits_to_npz", Path(__file__).parents[1] / "examples" / "digits_to_npz.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(tmp_path / "digits.npz")]) == 0
+    data = SequenceDataModule(str(tmp_path / "digits.npz"))
+    assert (data.input_size, data.num_classes) == (8, 10)
+    assert data.split_sizes() == {"val": 180, "test": 180, "train": 1437}
+
+
+def test_the_readmes_own_data_module_trains_through_the_cli(tmp_path, monkeypatch):
+    """The README's 20-line data module, as written there, with `rrn fit --data=my_sensors.MySensors`."""
+    import re
+    import sys
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "class MySensors" in block]
+    (tmp_path / "my_sensors.py").write_text(code)
+    torch.save({"x": torch.randn(260, 5, 3), "y": torch.randint(4, (260,))}, tmp_path / "sensors.pt")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_sensors", raising=False)
+    cli = cli_main(
+        [
+            "fit",
+            f"--config={EXPERIMENTS / 'sequences_rmc.yaml'}",
+            "--data=my_sensors.MySensors",
+            f"--data.init_args.path={tmp_path / 'sensors.pt'}",
+            f"--trainer.default_root_dir={tmp_path / 'runs'}",
+            "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert cli.model.core.input_size == 3 and cli.model.head[-1].out_features == 4
+    assert cli.trainer.global_step == 1 and "val/acc" in cli.trainer.callback_metrics  # 60 examples, batch 64
