@@ -95,6 +95,34 @@ class LanguageModelBatch(NamedTuple):
     targets: Tensor  # [B, T] int64: the inputs shifted by one; IGNORE_INDEX where the stream was padded
 
 
+# ---------------------------------------------------------------------------------------------- the data contract
+# What `rrn` needs of a data module (README, "Your own data"): the sizes the CLI links into the model, by these
+# names, and batches of the types above. Our data modules satisfy these protocols (tests/test_own_data.py).
+@runtime_checkable
+class SequenceData(Protocol):
+    """A data module for ``SequenceClassifier`` or ``Seq2Seq``: its batches are ``ClassificationBatch`` or
+    ``Seq2SeqBatch``; ``input_size`` (features per step) and ``num_classes`` are linked into the model, and a
+    ``class_names`` list (the label of each id), where the data module has one, into ``SequenceClassifier``."""
+
+    @property
+    def input_size(self) -> int: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+
+@runtime_checkable
+class TokenData(Protocol):
+    """A data module for ``LanguageModel``: its batches are ``LanguageModelBatch``; ``vocab_size`` and ``vocab``
+    (its ``itos``: the words in id order) are linked into the model."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def vocab(self) -> Any: ...
+
+
 # ---------------------------------------------------------------------------------------------- protocols
 @runtime_checkable
 class SupportsBatchLoss(Protocol):

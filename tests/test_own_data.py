@@ -213,3 +213,28 @@ def test_the_readmes_own_data_module_trains_through_the_cli(tmp_path, monkeypatc
     )
     assert cli.model.core.input_size == 3 and cli.model.head[-1].out_features == 4
     assert cli.trainer.global_step == 1 and "val/acc" in cli.trainer.callback_metrics  # 60 examples, batch 64
+
+
+def test_our_data_modules_satisfy_the_written_contract(tmp_path):
+    """The data contract of rrn_lightning.common (SequenceData, TokenData), which the README describes."""
+    from datamodules import (
+        LearnToExecuteDataModule,
+        NthFarthestDataModule,
+        SortingDataModule,
+        WordLMDataModule,
+    )
+    from rrn_lightning.common import SequenceData, TokenData
+
+    for data in (
+        NthFarthestDataModule(),
+        LearnToExecuteDataModule(),
+        SortingDataModule(),
+        SequenceDataModule(str(fixed(tmp_path))),
+    ):
+        assert isinstance(data, SequenceData) and data.input_size > 0 and data.num_classes > 1, type(data)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in ("train", "valid", "test"):
+        (corpus / f"{split}.txt").write_text("a b c a\nb c a\n")
+    words = WordLMDataModule(corpus=str(corpus), cache_dir=str(tmp_path / "cache"), batch_size=1, bptt=2)
+    assert isinstance(words, TokenData) and words.vocab_size == len(words.vocab.itos) == 5
