@@ -223,7 +223,10 @@ class NthFarthestDataModule(LightningDataModule):
     ) -> ExampleText:
         """``DescribesExamples``: each step labelled by the id of the vector read there (rows come shuffled), and
         the question, the vectors by id, the answer and the model's."""
-        inputs, labels = batch.inputs[index].float().cpu(), batch.labels[index]  # [K, F + 3K] or [S, K, F + 3K], []
+        inputs, labels = (
+            batch.inputs[index].float().cpu(),
+            batch.labels[index],
+        )  # [K, F + 3K] or [S, K, F + 3K], []
         K, Fe = self.num_vectors, self.num_features
         rows = inputs if inputs.dim() == 2 else inputs[0]  # [K, F + 3K]: a set's steps all read the same rows
         ids = rows[:, Fe : Fe + K].argmax(-1).tolist()  # [K]: the id of each row

@@ -66,7 +66,9 @@ def _as_float_rows(value: Any, where: str) -> Tensor:
     try:
         tensor = value if isinstance(value, Tensor) else torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):
-        raise ConfigurationError(f"{where} must hold numbers, got {type(value).__name__} of other values.") from None
+        raise ConfigurationError(
+            f"{where} must hold numbers, got {type(value).__name__} of other values."
+        ) from None
     if tensor.dtype == torch.bool or tensor.is_complex():
         raise ConfigurationError(f"{where} must hold real numbers, got {tensor.dtype}.")
     return tensor.float()
@@ -136,7 +138,9 @@ class _ShuffledBatches(EpochBatches):
     """A split in batches, shuffled anew each epoch from (seed, epoch); under DDP each rank takes every
     world-th example of the epoch's permutation."""
 
-    def __init__(self, split: _Split, batch_size: int, seed: int, shuffle: bool, rank: int, world: int) -> None:
+    def __init__(
+        self, split: _Split, batch_size: int, seed: int, shuffle: bool, rank: int, world: int
+    ) -> None:
         self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
         self.rank, self.world = rank, world
 
@@ -219,7 +223,9 @@ class SequenceDataModule(LightningDataModule):
                 "lower them or give val_path / test_path."
             )
         if not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigurationError(f"{OWNER}: num_workers must be 0 or more, got num_workers={num_workers!r}.")
+            raise ConfigurationError(
+                f"{OWNER}: num_workers must be 0 or more, got num_workers={num_workers!r}."
+            )
         self.save_hyperparameters()
         self.path, self.val_path, self.test_path = path, val_path, test_path
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
@@ -341,7 +347,9 @@ class SequenceDataModule(LightningDataModule):
                         f"{OWNER}: {what}={path!r} has {inputs.shape[-1]} features per step, path has "
                         f"{whole.inputs.shape[-1]}."
                     )
-                splits[split] = _Split(inputs, self._label_ids(labels, f"{OWNER}: {what}={path!r}", fit=False), lengths)
+                splits[split] = _Split(
+                    inputs, self._label_ids(labels, f"{OWNER}: {what}={path!r}", fit=False), lengths
+                )
         for split in ("train", "val", "test"):
             if len(splits[split]) == 0:
                 raise ConfigurationError(
@@ -361,7 +369,9 @@ class SequenceDataModule(LightningDataModule):
             for part in splits.values():
                 part.inputs = (part.inputs - self.mean) / self.std
                 if part.lengths is not None:  # padding stays zero
-                    part.inputs = part.inputs * (torch.arange(part.inputs.shape[1]) < part.lengths[:, None])[..., None]
+                    part.inputs = (
+                        part.inputs * (torch.arange(part.inputs.shape[1]) < part.lengths[:, None])[..., None]
+                    )
         self._splits = splits
 
     # -------------------------------------------------------------- loaders
@@ -376,7 +386,9 @@ class SequenceDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1
-        stream = _ShuffledBatches(self._splits["train"], self.batch_size, self.seed, self.shuffle, rank_of(self), world)
+        stream = _ShuffledBatches(
+            self._splits["train"], self.batch_size, self.seed, self.shuffle, rank_of(self), world
+        )
         return training_loader(self, stream, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
@@ -410,6 +422,10 @@ class SequenceDataModule(LightningDataModule):
         rows = batch.inputs[index, :length].float().cpu()
         first = ", ".join(f"{v:+.2f}" for v in rows[0, :4].tolist())
         label = self.classes[int(batch.labels[index])]
-        lines = [f"a sequence of {length} steps of {rows.shape[1]} features; step 0: ({first}{', ...' if rows.shape[1] > 4 else ''})"]
-        lines.append(f"class {label}" + ("" if prediction is None else f", model {self.classes[int(prediction)]}"))
+        lines = [
+            f"a sequence of {length} steps of {rows.shape[1]} features; step 0: ({first}{', ...' if rows.shape[1] > 4 else ''})"
+        ]
+        lines.append(
+            f"class {label}" + ("" if prediction is None else f", model {self.classes[int(prediction)]}")
+        )
         return ExampleText([f"t{t}" for t in range(length)], lines)

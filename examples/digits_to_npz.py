@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        print("digits_to_npz.py: scikit-learn is missing; pip install -e \".[examples]\"", file=sys.stderr)
+        print('digits_to_npz.py: scikit-learn is missing; pip install -e ".[examples]"', file=sys.stderr)
         return 2
     digits = load_digits()
     inputs = (digits.images / 16.0).astype(np.float32)  # [1797, 8, 8]: rows as steps, pixels in 0..1

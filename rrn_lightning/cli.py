@@ -349,7 +349,8 @@ class RRNCLI(HookedCLI):
             if subcommand == "predict" and not is_overridden("predict_step", self.model):
                 raise ConfigurationError(
                     f"rrn predict: {type(self.model).__name__} has no predictions to write; use `rrn test` for its "
-                    "metrics" + (" or `rrn generate` for text." if isinstance(self.model, LanguageModel) else ".")
+                    "metrics"
+                    + (" or `rrn generate` for text." if isinstance(self.model, LanguageModel) else ".")
                 )
             self.run_lightning_subcommand(subcommand)
         except ValueError as error:  # e.g. a checkpoint trained on another vocabulary
@@ -469,10 +470,10 @@ class RRNCLI(HookedCLI):
         # A progress bar that fits 80 columns, and where the run went at the end. The bar off drops ours where a
         # config names it (a --print_config output used as a config, say).
         if config.trainer.enable_progress_bar is False:
-            callbacks = [c for c in callbacks if not str(getattr(c, "class_path", "")).endswith("RunProgressBar")]
-        elif not any(
-            "ProgressBar" in str(getattr(c, "class_path", "")) for c in callbacks
-        ):
+            callbacks = [
+                c for c in callbacks if not str(getattr(c, "class_path", "")).endswith("RunProgressBar")
+            ]
+        elif not any("ProgressBar" in str(getattr(c, "class_path", "")) for c in callbacks):
             callbacks.append(Namespace(class_path="rrn_lightning.runs.RunProgressBar", init_args=Namespace()))
         if (
             self.subcommand in ("fit", "validate", "test")
@@ -484,7 +485,9 @@ class RRNCLI(HookedCLI):
             split = self._predict_split(config)
             if not any(str(getattr(c, "class_path", "")).endswith("PredictionWriter") for c in callbacks):
                 callbacks.append(
-                    Namespace(class_path="rrn_lightning.runs.PredictionWriter", init_args=Namespace(split=split))
+                    Namespace(
+                        class_path="rrn_lightning.runs.PredictionWriter", init_args=Namespace(split=split)
+                    )
                 )
         config.trainer.callbacks = callbacks
         if self._print_config_flags is not None:

@@ -539,7 +539,9 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]], right_
         return "| " + " | ".join(padded) + " |"
 
     # "---:" right-aligns a column in rendered Markdown.
-    rule = [("-" * (w - 1) + ":") if c in right_aligned else "-" * w for c, w in zip(columns, widths, strict=True)]
+    rule = [
+        ("-" * (w - 1) + ":") if c in right_aligned else "-" * w for c, w in zip(columns, widths, strict=True)
+    ]
     return "\n".join([line(columns), line(rule), *(line(row) for row in rows)])
 
 
@@ -550,7 +552,9 @@ def value_at(run: Run, tag: str, step: int | None = None, minutes: float | None 
     if step is not None:
         points = [p for p in points if p.step + 1 <= step]
     if minutes is not None:
-        points = [p for p in points if (seconds := run.elapsed(p.wall_time)) is not None and seconds <= minutes * 60]
+        points = [
+            p for p in points if (seconds := run.elapsed(p.wall_time)) is not None and seconds <= minutes * 60
+        ]
     return points[-1] if points else None
 
 
@@ -558,13 +562,19 @@ def at_table(groups: Sequence[Group], step: int | None = None, minutes: float | 
     """Each group's validation metrics (every ``val/`` tag its runs logged) as they stood at ``step`` or after
     ``minutes`` of training: the last validation before, with the step it was taken at; spread over seeds as in
     the main table."""
-    tags = sorted({tag for group in groups for run in group.runs for tag in run.scalars if tag.startswith("val/")})
+    tags = sorted(
+        {tag for group in groups for run in group.runs for tag in run.scalars if tag.startswith("val/")}
+    )
     at = f"step {step:,}" if step is not None else f"{minutes:g} min"
     columns = ["run", "n", f"validated by {at}", *tags]
     rows = []
     for group in groups:
         taken = [value_at(run, group.metric, step, minutes) for run in group.runs]
-        row = [group.name, str(len(group.runs)), spread([p.step + 1 if p else None for p in taken], "{:.0f}".format)]
+        row = [
+            group.name,
+            str(len(group.runs)),
+            spread([p.step + 1 if p else None for p in taken], "{:.0f}".format),
+        ]
         for tag in tags:
             points = [value_at(run, tag, step, minutes) for run in group.runs]
             row.append(spread([p.value if p else None for p in points], "{:.4f}".format))
@@ -688,9 +698,14 @@ def plot_groups(groups: Sequence[Group], path: str | Path) -> Path:
         timed = [point for point in curve if point.minutes is not None]
         style = (i, len(groups))
         curves[i] = (
-            Curve(colour, [(p.step, p.mean) for p in curve], [(p.step, p.low, p.high) for p in curve], *style),
             Curve(
-                colour, [(p.minutes, p.mean) for p in timed], [(p.minutes, p.low, p.high) for p in timed], *style
+                colour, [(p.step, p.mean) for p in curve], [(p.step, p.low, p.high) for p in curve], *style
+            ),
+            Curve(
+                colour,
+                [(p.minutes, p.mean) for p in timed],
+                [(p.minutes, p.low, p.high) for p in timed],
+                *style,
             ),
         )
         runs = len(group.runs)
@@ -846,7 +861,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.at_step is not None:
             print(f"\nAt step {args.at_step:,}:\n\n{at_table(groups, step=args.at_step)}")
         if args.at_minutes is not None:
-            print(f"\nAfter {args.at_minutes:g} minutes of training:\n\n{at_table(groups, minutes=args.at_minutes)}")
+            print(
+                f"\nAfter {args.at_minutes:g} minutes of training:\n\n{at_table(groups, minutes=args.at_minutes)}"
+            )
         if args.plot is not None:
             plot_groups(groups, args.plot)
             print(f"wrote {args.plot}", file=sys.stderr)

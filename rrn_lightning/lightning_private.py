@@ -80,7 +80,9 @@ def subcommand_choices(parser: LightningArgumentParser) -> list[Any]:
     return parser._subcommands_action._choices_actions
 
 
-def add_subcommand(parser: LightningArgumentParser, name: str, subparser: LightningArgumentParser, help: str) -> None:
+def add_subcommand(
+    parser: LightningArgumentParser, name: str, subparser: LightningArgumentParser, help: str
+) -> None:
     """A subcommand of our own beside Lightning's (jsonargparse's public ``add_subcommands`` can be called once per
     parser, and LightningCLI has called it)."""
     parser._subcommands_action.add_subcommand(name, subparser, help=help)

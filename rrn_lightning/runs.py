@@ -99,7 +99,9 @@ class RunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def log_hyperparams(self, params, metrics=None, step=None) -> None:
-        params = plain_hparams(params)  # Lightning's own bookkeeping (_instantiator, ...) is not a hyperparameter
+        params = plain_hparams(
+            params
+        )  # Lightning's own bookkeeping (_instantiator, ...) is not a hyperparameter
         if metrics is not None or not self._hparam_metrics:
             return super().log_hyperparams(params, metrics, step)
         params.update(self._extra_hparams)
@@ -108,7 +110,9 @@ class RunLogger(TensorBoardLogger):
         # would log the values given here as scalars at step 0, and again on every resume).
         from torch.utils.tensorboard.summary import hparams
 
-        write_summaries(self.experiment, hparams(tensorboard_hparams(params), dict.fromkeys(self._hparam_metrics, 0.0)))
+        write_summaries(
+            self.experiment, hparams(tensorboard_hparams(params), dict.fromkeys(self._hparam_metrics, 0.0))
+        )
 
 
 # ---------------------------------------------------------------------------------------------- random state
@@ -451,7 +455,9 @@ class RunProgressBar(TQDMProgressBar):
         super().on_train_epoch_start(trainer, *args)
         self._epoch_shown = trainer.current_epoch
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # A run resumed in the middle of an epoch starts with no on_train_epoch_start for that epoch, and the bar
         # read "Training: 61/?"; set it up here instead: "Epoch 3: 61/100".
         if self._epoch_shown != trainer.current_epoch:

@@ -357,7 +357,9 @@ def test_a_task_subclass_with_its_own_modules_loads_its_checkpoints(tmp_path):
     # Not taken for a language model by its embedding, and a bad size names the subclass's own setting.
     with pytest.raises(ConfigurationError, match=r"holds a SequenceClassifier, not a language model"):
         check_checkpoint(tmp_path / "own.ckpt", LanguageModel)
-    with pytest.raises(ConfigurationError, match=r"classifier\.2\.weight .*; num_classes or its size probably"):
+    with pytest.raises(
+        ConfigurationError, match=r"classifier\.2\.weight .*; num_classes or its size probably"
+    ):
         check_checkpoint(tmp_path / "own.ckpt", EmbeddingClassifier(LSTMCore(input_size=4, hidden_size=8), 5))
 
 

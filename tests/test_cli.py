@@ -364,9 +364,13 @@ def test_progress_bar_after_a_resume_in_mid_epoch_shows_the_epoch(tmp_path, caps
     capsys.readouterr()
     cli_main(["fit", *common, "--trainer.max_steps=4", "--ckpt_path=last"])
     out, err = capsys.readouterr()
-    bars = [re.match(r"(Epoch \d+|Training): .*?(\d+)/(\d+|\?) ", line) for line in re.split(r"[\r\n]", out + err)]
+    bars = [
+        re.match(r"(Epoch \d+|Training): .*?(\d+)/(\d+|\?) ", line) for line in re.split(r"[\r\n]", out + err)
+    ]
     trained = [m.groups() for m in bars if m]
-    assert trained and all(what == "Epoch 0" and total == "4" for what, n, total in trained if n != "0"), trained
+    assert trained and all(what == "Epoch 0" and total == "4" for what, n, total in trained if n != "0"), (
+        trained
+    )
     assert ("Epoch 0", "3", "4") in trained
 
 
@@ -382,16 +386,30 @@ def test_print_config_shows_what_will_run(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "class_path: rrn_lightning.runs.RunLogger" in printed
     assert f"save_dir: {tmp_path / 'runs'}" in printed and "name: nth_farthest_rmc_cpu" in printed
-    for callback in ("lightning.pytorch.callbacks.LearningRateMonitor", "rrn_lightning.runs.RunProgressBar",
-                     "rrn_lightning.runs.RunSummary"):
+    for callback in (
+        "lightning.pytorch.callbacks.LearningRateMonitor",
+        "rrn_lightning.runs.RunProgressBar",
+        "rrn_lightning.runs.RunSummary",
+    ):
         assert printed.count(f"class_path: {callback}\n") == 1
-    assert "log_momentum: false" in printed  # an added callback's defaults, as the config's own classes show them
+    assert (
+        "log_momentum: false" in printed
+    )  # an added callback's defaults, as the config's own classes show them
     assert not (tmp_path / "runs").exists()  # printing runs nothing
     with pytest.raises(SystemExit):
         cli_main(["fit", "--config", config, "--print_config=skip_default,nonsense"])
     assert "no flag 'nonsense'" in capsys.readouterr().err
     (tmp_path / "printed.yaml").write_text(printed)
-    cli = cli_main(["fit", "--config", "printed.yaml", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
-                    "--trainer.enable_progress_bar=false", *SMALL_DATA])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            "printed.yaml",
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+            *SMALL_DATA,
+        ]
+    )
     names = [type(c).__name__ for c in cli.trainer.callbacks]
     assert names.count("RunSummary") == 1 and names.count("LearningRateMonitor") == 1

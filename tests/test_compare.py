@@ -213,7 +213,9 @@ def test_identical_curves_stay_distinguishable(tmp_path):
     """Two runs with the same validation curve (issue 20: the second hid the first): the first is drawn wider, so
     its colour shows around the second's, and each has its own markers, placed apart."""
     for name in ("a", "b"):
-        write_run(tmp_path / name, [[("val/loss", step, 1 / (step + 1), 1000.0 + step) for step in range(120)]])
+        write_run(
+            tmp_path / name, [[("val/loss", step, 1 / (step + 1), 1000.0 + step) for step in range(120)]]
+        )
     assert compare.main([str(tmp_path / "a"), str(tmp_path / "b"), "--plot", str(tmp_path / "plot.png")]) == 0
     with Image.open(tmp_path / "plot.png") as image:
         panels = image.convert("RGB").crop((0, 0, image.width, compare.PANEL_HEIGHT))  # no legend
@@ -227,20 +229,28 @@ def test_runs_compared_at_equal_steps_and_equal_wall_time(tmp_path, capsys):
     """--at-step and --at-minutes: each run's validation metrics as they stood then (a fast run validates more
     often in the same minutes; a slow one takes longer for the same steps)."""
     fast = [("val/loss", step, 1.0 / (step + 1), 1000.0 + step) for step in (99, 199, 299, 399)]  # 1 s a step
-    slow = [("val/loss", step, 2.0 / (step + 1), 1000.0 + 4 * step) for step in (99, 199, 299, 399)]  # 4 s a step
+    slow = [
+        ("val/loss", step, 2.0 / (step + 1), 1000.0 + 4 * step) for step in (99, 199, 299, 399)
+    ]  # 4 s a step
     write_run(tmp_path / "fast", [fast])
     write_run(tmp_path / "slow", [slow])
     args = [str(tmp_path / "fast"), str(tmp_path / "slow"), "--at-step", "250", "--at-minutes", "5"]
     assert compare.main(args) == 0
     out = capsys.readouterr().out
     at_step, at_time = out.split("At step 250:")[1].split("After 5 minutes of training:")
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in at_step.splitlines()
-            if line.startswith("| /")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in at_step.splitlines()
+        if line.startswith("| /")
+    }
     # The last validation at or before step 250 is the one logged at step 199 (step 200 as checkpoints count).
     assert rows[str(tmp_path / "fast")] == ["1", "200", f"{1 / 200:.4f}"]
     assert rows[str(tmp_path / "slow")] == ["1", "200", f"{2 / 200:.4f}"]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in at_time.splitlines()
-            if line.startswith("| /")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in at_time.splitlines()
+        if line.startswith("| /")
+    }
     # 300 s of training (from each run's first logged value): the fast run had validated at step 399, the slow
     # one at step 99 only (its next validation came 400 s later).
     assert rows[str(tmp_path / "fast")] == ["1", "400", f"{1 / 400:.4f}"]

@@ -223,7 +223,9 @@ def test_attention_image_fits_a_card_with_a_caption():
     image = attention_image(attention, chosen_steps(40, 4), [""] * 40, caption, title="a title " * 12)
     assert image.shape[1] <= 440 and image.shape[0] <= 200
     bare = attention_image(attention, chosen_steps(40, 4), [""] * 40, [], title="t")
-    assert bare.shape[0] <= 200 and bare.shape[1] > image.shape[1]  # the caption's lines took room from the cells
+    assert (
+        bare.shape[0] <= 200 and bare.shape[1] > image.shape[1]
+    )  # the caption's lines took room from the cells
 
 
 def test_sorting_describes_its_examples():
@@ -261,7 +263,9 @@ def test_the_text_sample_comes_from_the_probe_alone():
         return [2] * count
 
     tokens = torch.tensor([[0, 1, 2], [2, 1, 0]])
-    probe = Probe(torch.zeros(2, 3, 4), None, tokens, None, tokens=tokens, words=["a", "b", "c"], generate=generate)
+    probe = Probe(
+        torch.zeros(2, 3, 4), None, tokens, None, tokens=tokens, words=["a", "b", "c"], generate=generate
+    )
     tag, text = Insight(continuation_words=2)._text(None, None, probe, 1)
     assert tag == "samples/continuation" and calls == [([2, 1, 0], 2)]
     assert text == "**prompt** c b a\n\n**continuation** (sampled, seed 0) c c"

@@ -60,14 +60,21 @@ def test_sequences_of_different_lengths_and_string_labels(tmp_path):
     steps = torch.arange(batch.inputs.shape[1])
     assert (batch.inputs[steps[None, :] >= batch.lengths[:, None]] == 0).all()  # padding stays zero
     described = data.describe_example(batch, 0, batch.labels[0])
-    assert described.lines[1] == f"class {data.class_names[int(batch.labels[0])]}, model {data.class_names[int(batch.labels[0])]}"
+    assert (
+        described.lines[1]
+        == f"class {data.class_names[int(batch.labels[0])]}, model {data.class_names[int(batch.labels[0])]}"
+    )
 
 
 def test_split_files_a_pt_file_and_given_lengths(tmp_path):
     train = fixed(tmp_path, 30, "train.npz")
     rng = np.random.default_rng(3)
     torch.save(
-        {"inputs": torch.randn(7, 6, 4), "labels": torch.tensor([0, 1] * 3 + [1]), "lengths": torch.tensor([6, 3] * 3 + [1])},
+        {
+            "inputs": torch.randn(7, 6, 4),
+            "labels": torch.tensor([0, 1] * 3 + [1]),
+            "lengths": torch.tensor([6, 3] * 3 + [1]),
+        },
         tmp_path / "val.pt",
     )
     test = fixed(tmp_path, 9, "test.npz", lengths=rng.integers(1, 7, size=9))
@@ -79,7 +86,10 @@ def test_split_files_a_pt_file_and_given_lengths(tmp_path):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda p: np.savez(p / "f.npz", inputs=np.zeros((4, 3, 2))), "has no 'labels' array (it has: inputs)"),
+        (
+            lambda p: np.savez(p / "f.npz", inputs=np.zeros((4, 3, 2))),
+            "has no 'labels' array (it has: inputs)",
+        ),
         (
             lambda p: np.savez(p / "f.npz", inputs=np.zeros((4, 3, 2)), labels=np.zeros(5, dtype=int)),
             "labels must have one entry per sequence, [N]=[4], got shape [5]",
@@ -127,7 +137,9 @@ def test_bad_split_files_and_arguments(tmp_path):
     ints = fixed(tmp_path, 20)
     high = fixed(tmp_path, 5, "high.npz")
     np.savez(high, inputs=np.zeros((5, 6, 4)), labels=np.array([0, 1, 2, 0, 1]))
-    with pytest.raises(ConfigurationError, match="test_path=.*label 2 is out of range: the training split has 2"):
+    with pytest.raises(
+        ConfigurationError, match="test_path=.*label 2 is out of range: the training split has 2"
+    ):
         SequenceDataModule(str(ints), test_path=str(high))
     with pytest.raises(ConfigurationError, match="leave nothing to train on"):
         SequenceDataModule(str(ints), val_fraction=0.5, test_fraction=0.5)
@@ -159,7 +171,9 @@ def test_fit_then_predict_through_the_cli(tmp_path, capsys):
     cli = cli_main(["fit", *common])
     assert cli.model.class_names == ["down", "up"] and cli.model.core.input_size == 3
     run = Path(cli.trainer.log_dir)
-    cli_main(["predict", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--trainer.enable_progress_bar=false"])
+    cli_main(
+        ["predict", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--trainer.enable_progress_bar=false"]
+    )
     assert "predictions_test.pt (the test split, 6 examples" in capsys.readouterr().out
     predictions = torch.load(run / "predictions_test.pt", weights_only=True)
     assert predictions["class_names"] == ["down", "up"]
@@ -171,7 +185,11 @@ def test_fit_then_predict_through_the_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("config", sorted(EXPERIMENTS.glob("sequences_*.yaml")), ids=lambda c: c.stem)
 def test_own_data_configs_run(config, tmp_path):
-    args = [f"--config={config}", f"--data.init_args.path={fixed(tmp_path)}", f"--trainer.default_root_dir={tmp_path}"]
+    args = [
+        f"--config={config}",
+        f"--data.init_args.path={fixed(tmp_path)}",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     cli = cli_main(["fit", *args, "--trainer.fast_dev_run=true"])
     assert cli.model.core.input_size == 4 and cli.model.class_names == ["0", "1"]
 
@@ -180,7 +198,9 @@ def test_the_digits_example_writes_sequences_the_data_module_reads(tmp_path):
     pytest.importorskip("sklearn")
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("digits_to_npz", Path(__file__).parents[1] / "examples" / "digits_to_npz.py")
+    spec = importlib.util.spec_from_file_location(
+        "digits_to_npz", Path(__file__).parents[1] / "examples" / "digits_to_npz.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main([str(tmp_path / "digits.npz")]) == 0
@@ -195,7 +215,9 @@ def test_the_readmes_own_data_module_trains_through_the_cli(tmp_path, monkeypatc
     import sys
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    (code,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "class MySensors" in block]
+    (code,) = [
+        block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "class MySensors" in block
+    ]
     (tmp_path / "my_sensors.py").write_text(code)
     torch.save({"x": torch.randn(260, 5, 3), "y": torch.randint(4, (260,))}, tmp_path / "sensors.pt")
     monkeypatch.syspath_prepend(str(tmp_path))

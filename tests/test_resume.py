@@ -384,7 +384,10 @@ def test_predict_writes_predictions_in_the_run_folder(tmp_path, capsys):
 
     # --predict_split validation: the validation set, into its own file; the test predictions stay.
     cli_main(["predict", *SMALL, root, "--ckpt_path=last", "--predict_split=validation"])
-    assert f"wrote {run / 'predictions_validation.pt'} (the validation split, 8 examples" in capsys.readouterr().out
+    assert (
+        f"wrote {run / 'predictions_validation.pt'} (the validation split, 8 examples"
+        in capsys.readouterr().out
+    )
     validation = torch.load(run / "predictions_validation.pt", weights_only=True)
     assert torch.equal(validation["target"], torch.cat([batch.labels for batch in data.val_dataloader()]))
     assert path.is_file() and not torch.equal(validation["target"], predictions["target"])

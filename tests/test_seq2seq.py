@@ -180,9 +180,15 @@ def test_the_curriculum_link_runs_from_the_callback_to_the_data(tmp_path):
         def setup(self, trainer, pl_module, stage):
             trainer.datamodule.curriculum.driven = True
 
-    dm = LearnToExecuteDataModule(task="addition", length=2, curriculum="naive", batch_size=4, batches_per_epoch=2)
+    dm = LearnToExecuteDataModule(
+        task="addition", length=2, curriculum="naive", batch_size=4, batches_per_epoch=2
+    )
     trainer = lightning.Trainer(
-        max_steps=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[HandDriver()]
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[HandDriver()],
     )
     trainer.fit(tiny_seq2seq(), datamodule=dm)
     assert trainer.global_step == 1 and dm.curriculum.current == (1, 1)
@@ -379,7 +385,9 @@ def test_metrics_follow_one_convention_and_old_checkpoints_still_load(tmp_path):
     assert {"train_loss", "train_char_acc", "val_seq_acc"} <= children and "metrics" not in children
     model.metric("train", "char_acc").correct += 7
     state = {
-        key.replace("train_char_acc.", "metrics.train_char.").replace("train_seq_acc.", "metrics.train_seq."): value
+        key.replace("train_char_acc.", "metrics.train_char.").replace(
+            "train_seq_acc.", "metrics.train_seq."
+        ): value
         for key, value in model.state_dict().items()
     }
     assert "metrics.train_char.correct" in state

@@ -160,7 +160,11 @@ class DictStateCore(RecurrentCore):
 
 
 def test_core_state_methods_follow_each_cores_layout():
-    for core in (LSTMCore(3, 5, num_layers=2), RelationalMemory(3, mem_slots=2, head_size=4), DictStateCore(3)):
+    for core in (
+        LSTMCore(3, 5, num_layers=2),
+        RelationalMemory(3, mem_slots=2, head_size=4),
+        DictStateCore(3),
+    ):
         state = core.initial_state(4)
         assert core.state_batch_size(state) == 4
         picked = core.select_state(state, torch.tensor([3, 0, 0]))
@@ -459,5 +463,7 @@ def test_embedding_and_output_dropout_on_their_own():
             return model(batch[0])[0]
 
     assert torch.equal(evaluation(embedding_dropout=0.5, output_dropout=0.2), evaluation())
-    with pytest.raises(ConfigurationError, match="output_dropout must lie in \\[0, 1\\), got output_dropout=1.0"):
+    with pytest.raises(
+        ConfigurationError, match="output_dropout must lie in \\[0, 1\\), got output_dropout=1.0"
+    ):
         LanguageModel(LSTMCore(8, 12), vocab_size=30, output_dropout=1.0)

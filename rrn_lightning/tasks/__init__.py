@@ -10,4 +10,12 @@ from .classification import SequenceClassifier
 from .language_model import LanguageModel, TokenNLL
 from .seq2seq import Seq2Seq, SequenceAccuracy
 
-__all__ = ["LanguageModel", "Probe", "Seq2Seq", "SequenceAccuracy", "SequenceClassifier", "TaskModule", "TokenNLL"]
+__all__ = [
+    "LanguageModel",
+    "Probe",
+    "Seq2Seq",
+    "SequenceAccuracy",
+    "SequenceClassifier",
+    "TaskModule",
+    "TokenNLL",
+]

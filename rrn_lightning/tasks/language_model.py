@@ -138,7 +138,9 @@ class LanguageModel(TaskModule):
         embedding_dropout = dropout if embedding_dropout is None else embedding_dropout
         output_dropout = dropout if output_dropout is None else output_dropout
         for key, value in (
-            ("dropout", dropout), ("embedding_dropout", embedding_dropout), ("output_dropout", output_dropout)
+            ("dropout", dropout),
+            ("embedding_dropout", embedding_dropout),
+            ("output_dropout", output_dropout),
         ):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
                 raise ConfigurationError(f"{name}: {key} must lie in [0, 1), got {key}={value!r}.")
@@ -273,7 +275,9 @@ class LanguageModel(TaskModule):
         )
 
     def batch_counts(self, batch: LanguageModelBatch) -> tuple[str, int]:
-        return "tokens", _named(batch).targets.numel()  # padding (the stream's last window only) counted: no device sync
+        return "tokens", _named(
+            batch
+        ).targets.numel()  # padding (the stream's last window only) counted: no device sync
 
     # -------------------------------------------------------------- the vocabulary
     # The vocabulary comes in as an argument (linked by the CLI from the data module), not read from

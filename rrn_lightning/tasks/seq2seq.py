@@ -171,7 +171,9 @@ class Seq2Seq(TaskModule):
         curriculum callbacks measure."""
         batch = _named(batch)
         logits = self(batch.inputs, batch.input_lengths, batch.targets.shape[1], batch.targets)
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE_INDEX
+        )
 
     def shared_step(self, batch: Seq2SeqBatch, stage: Stage, batch_idx: int) -> Tensor:
         batch = _named(batch)
