@@ -10,6 +10,7 @@ from .learn_to_execute import Curriculum, CurriculumCallback, LearnToExecuteData
 from .nth_farthest import NthFarthestDataModule, make_nth_farthest
 from .sequences import SequenceDataModule
 from .sorting import SortingDataModule, make_sorting
+from .text import TextClassificationDataModule
 from .word_lm import WordLMDataModule
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "NthFarthestDataModule",
     "SequenceDataModule",
     "SortingDataModule",
+    "TextClassificationDataModule",
     "Vocab",
     "WordLMDataModule",
     "make_nth_farthest",

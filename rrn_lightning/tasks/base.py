@@ -179,6 +179,15 @@ class TaskModule(LightningModule, CheckpointedTask):
         for name, value in list(self.hparams.items()):
             if inspect.isclass(value) or inspect.isfunction(value):
                 self.hparams[name] = f"{value.__module__}.{value.__qualname__}"
+        # Under the CLI the core's config may lack input_size (a link target, left out of the saved config.yaml
+        # when the data module has no input_size to link, as for token inputs); record it so that a checkpoint
+        # rebuilds the core alone.
+        core, module_core = self.hparams.get("core"), frame.f_locals.get("core")
+        init_args = getattr(core, "init_args", None) if core is not None else None
+        if init_args is None and isinstance(core, dict):
+            init_args = core.get("init_args")
+        if init_args is not None and init_args.get("input_size") is None and module_core is not None:
+            init_args["input_size"] = module_core.input_size
 
     @classmethod
     def load_from_checkpoint(

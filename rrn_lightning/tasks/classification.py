@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.utilities import dim_zero_cat
@@ -83,11 +83,18 @@ class SequenceClassifier(TaskModule):
             (inductor's default mode) or a mode name; None (the default) keeps the core's own setting.
         class_names: The label of each class id (linked by the ``rrn`` CLI from a data module that has them, such
             as ``SequenceDataModule``); kept in checkpoints and written beside ``rrn predict``'s predictions.
+        vocab_size: For inputs of token ids ``[B, T]`` (``TextClassificationDataModule``, which links it): an
+            embedding of this many tokens into the core's ``input_size`` comes first. None: inputs are features.
     """
 
     kind = "sequence classifier"
     checkpoint_modules = frozenset({"core", "head"})
-    checkpoint_settings = {"core": CORE_SETTING, "head": "num_classes (from the data) or head_sizes"}
+    optional_checkpoint_modules = frozenset({"embedding"})
+    checkpoint_settings = {
+        "core": CORE_SETTING,
+        "head": "num_classes (from the data) or head_sizes",
+        "embedding": "vocab_size (from the text's vocabulary: min_freq, max_size, tokens) or the core's input_size",
+    }
 
     def __init__(
         self,
@@ -98,9 +105,17 @@ class SequenceClassifier(TaskModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         compile_step: CompileMode | None = None,
         class_names: list[str] | None = None,
+        vocab_size: int | None = None,
     ) -> None:
         super().__init__(core, optimizer, lr_scheduler, compile_step)
         check_positive_ints(self.owner, num_classes=num_classes)
+        if vocab_size is not None:
+            check_positive_ints(self.owner, vocab_size=vocab_size)
+            if core.input_rows != 1:
+                raise ConfigurationError(
+                    f"{self.owner}: with vocab_size (token inputs) the core reads one embedded token per step: set "
+                    f"its input_rows to 1, got input_rows={core.input_rows}."
+                )
         if class_names is not None and (
             len(class_names) != num_classes or not all(isinstance(n, str) for n in class_names)
         ):
@@ -112,6 +127,7 @@ class SequenceClassifier(TaskModule):
         self.check_head_sizes(head_sizes)
         self.save_config_hyperparameters()
         self.core = core
+        self.embedding = None if vocab_size is None else nn.Embedding(vocab_size, core.input_size)
         self.head = mlp(core.output_size, tuple(head_sizes), num_classes)
         self.add_metric("train", "loss", MeanMetric(nan_strategy="ignore"))
         for stage in ("train", "val", "test"):
@@ -121,16 +137,21 @@ class SequenceClassifier(TaskModule):
 
     primary_metric = ("acc", "max")
 
+    def embedded(self, inputs: Tensor) -> Tensor:
+        """What the core reads: the inputs, or their embedding where they are token ids."""
+        return inputs if self.embedding is None else self.embedding(inputs)
+
     def probe(self, batch: ClassificationBatch | tuple[Tensor, ...]) -> Probe:
         batch = unpack_batch(batch)
-        return Probe(batch.inputs, batch.lengths, self(batch.inputs, batch.lengths).argmax(-1), self.core)
+        predictions = self(batch.inputs, batch.lengths).argmax(-1)
+        return Probe(self.embedded(batch.inputs), batch.lengths, predictions, self.core)
 
     def batch_counts(self, batch: ClassificationBatch | tuple[Tensor, ...]) -> tuple[str, int]:
         return "examples", unpack_batch(batch).inputs.shape[0]
 
     def forward(self, inputs: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """inputs ``[B, T, ...]`` -> logits ``[B, num_classes]``."""
-        outputs, _ = self.core(inputs, lengths=lengths)  # [B, T, O]
+        """inputs ``[B, T, ...]`` (token ids ``[B, T]`` with ``vocab_size``) -> logits ``[B, num_classes]``."""
+        outputs, _ = self.core(self.embedded(inputs), lengths=lengths)  # [B, T, O]
         if lengths is None:
             last = outputs[:, -1]  # [B, O]
         else:

@@ -48,16 +48,6 @@ class TokenNLL(Metric):
         return mean.exp() if self.exp else mean
 
 
-def _record_input_size(config: Any, input_size: int) -> None:
-    """Under the CLI the core's config may lack ``input_size`` (a link target, left out of the saved config when
-    the link does not apply); record it so that ``load_from_checkpoint`` can rebuild the core."""
-    init_args = getattr(config, "init_args", None) if config is not None else None
-    if init_args is None and isinstance(config, dict):
-        init_args = config.get("init_args")
-    if init_args is not None and init_args.get("input_size") is None:
-        init_args["input_size"] = input_size
-
-
 class LanguageModel(TaskModule):
     """A word-level language model: embedding (+ dropout), a recurrent core, dropout, softmax over the vocabulary.
 
@@ -166,7 +156,6 @@ class LanguageModel(TaskModule):
                     "projections of other shapes. Set tie_weights: false or adaptive_softmax_cutoffs: null."
                 )
         self.save_config_hyperparameters(ignore=("vocab",))
-        _record_input_size(self.hparams.get("core"), core.input_size)
         self.core = core
         self.vocab_size = vocab_size
         embedding_size, output_size = core.input_size, core.output_size
