@@ -3,12 +3,17 @@ are put into words (``describe_seq2seq``)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from collections.abc import Iterator
+from typing import Any, Literal, Protocol
 
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from rrn_lightning.common import ConfigurationError, ExampleText, Seq2SeqBatch
+
+from ._resumable import EpochBatches, rank_of, stream_seed, training_loader
 
 # The evaluation split `rrn predict` reads (the data modules' ``predict_split`` argument).
 PredictSplit = Literal["validation", "test"]
@@ -78,3 +83,75 @@ def describe_seq2seq(
     if prediction is not None:
         lines.append("model:  " + (output_text(prediction[:target_length].tolist()) or "(<eos> at once)"))
     return ExampleText(steps, lines)
+
+
+# ---------------------------------------------------------------------------------------------- stored splits
+class Split(Protocol):
+    """A split held in memory (a user's file): its size, and the batch of the examples ``index`` [k]."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: Tensor) -> Any: ...
+
+
+class ShuffledSplit(EpochBatches):
+    """A stored split in batches, shuffled anew each epoch from (seed, epoch) when ``shuffle``; under DDP each rank
+    takes every world-th example of the epoch's order. Resumable mid-epoch (``EpochBatches``)."""
+
+    def __init__(
+        self, split: Split, batch_size: int, seed: int, shuffle: bool, rank: int, world: int
+    ) -> None:
+        self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        return math.ceil(len(range(self.rank, len(self.split), self.world)) / self.batch_size)
+
+    def batches(self, epoch: int, start: int) -> Iterator[Any]:
+        n = len(self.split)
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch))
+        order = (torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n))[
+            self.rank :: self.world
+        ]
+        for index in range(start, len(self)):
+            yield self.split.batch(order[index * self.batch_size : (index + 1) * self.batch_size])
+
+
+class StoredSplits:
+    """The loaders of a data module that holds its splits in memory (``splits``: train, val and test): shuffled,
+    resumable training batches, fixed evaluation batches, ``rrn predict`` on ``predict_split``."""
+
+    splits: dict[str, Split]
+    batch_size: int
+    seed: int
+    shuffle: bool
+    predict_split: PredictSplit
+    num_workers: int = 0
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        stream = ShuffledSplit(
+            self.splits["train"], self.batch_size, self.seed, self.shuffle, rank_of(self), world
+        )
+        return training_loader(self, stream, self.num_workers)
+
+    def _evaluation_loader(self, name: str) -> DataLoader:
+        split = self.splits[name]
+        batches = [
+            split.batch(torch.arange(start, min(start + self.batch_size, len(split))))
+            for start in range(0, len(split), self.batch_size)
+        ]
+        return DataLoader(batches, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader() if self.predict_split == "validation" else self.test_dataloader()
+
+    def split_sizes(self) -> dict[str, int]:
+        return {name: len(split) for name, split in self.splits.items()}

@@ -9,20 +9,16 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from rrn_lightning.common import ClassificationBatch, ConfigurationError, ExampleText, check_positive_ints
 
-from ._evaluation import PredictSplit, check_predict_split
-from ._resumable import EpochBatches, rank_of, stream_seed, training_loader
+from ._evaluation import PredictSplit, StoredSplits, check_predict_split
 
 __all__ = ["SequenceDataModule", "load_arrays", "pad_sequences"]
 
@@ -134,34 +130,7 @@ class _Split:
         return ClassificationBatch(part.inputs, part.labels, part.lengths)
 
 
-class _ShuffledBatches(EpochBatches):
-    """A split in batches, shuffled anew each epoch from (seed, epoch); under DDP each rank takes every
-    world-th example of the epoch's permutation."""
-
-    def __init__(
-        self, split: _Split, batch_size: int, seed: int, shuffle: bool, rank: int, world: int
-    ) -> None:
-        self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
-        self.rank, self.world = rank, world
-
-    def _order(self, epoch: int) -> Tensor:
-        n = len(self.split)
-        if not self.shuffle:
-            order = torch.arange(n)
-        else:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch)))
-        return order[self.rank :: self.world]
-
-    def __len__(self) -> int:
-        return math.ceil(len(range(self.rank, len(self.split), self.world)) / self.batch_size)
-
-    def batches(self, epoch: int, start: int) -> Iterator[ClassificationBatch]:
-        order = self._order(epoch)
-        for index in range(start, len(self)):
-            yield self.split.batch(order[index * self.batch_size : (index + 1) * self.batch_size])
-
-
-class SequenceDataModule(LightningDataModule):
+class SequenceDataModule(StoredSplits, LightningDataModule):
     """Sequence classification on your own arrays: one file (``.npz`` from ``np.savez``, or ``.pt`` from
     ``torch.save`` of a dict) holding
 
@@ -231,7 +200,7 @@ class SequenceDataModule(LightningDataModule):
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.standardize, self.batch_size, self.shuffle, self.seed = standardize, batch_size, shuffle, seed
         self.num_workers, self.predict_split = num_workers, predict_split
-        self._splits: dict[str, _Split] | None = None
+        self.splits: dict[str, _Split] = {}
         self.classes: list[str] = []
         self.mean: Tensor | None = None
         self.std: Tensor | None = None
@@ -240,7 +209,7 @@ class SequenceDataModule(LightningDataModule):
     # -------------------------------------------------------------- what rrn links into the model
     @property
     def input_size(self) -> int:
-        return int(self._splits["train"].inputs.shape[-1])
+        return int(self.splits["train"].inputs.shape[-1])
 
     @property
     def num_classes(self) -> int:
@@ -372,36 +341,7 @@ class SequenceDataModule(LightningDataModule):
                     part.inputs = (
                         part.inputs * (torch.arange(part.inputs.shape[1]) < part.lengths[:, None])[..., None]
                     )
-        self._splits = splits
-
-    # -------------------------------------------------------------- loaders
-    def _evaluation_loader(self, split: str) -> DataLoader:
-        part = self._splits[split]
-        batches = [
-            part.batch(torch.arange(start, min(start + self.batch_size, len(part))))
-            for start in range(0, len(part), self.batch_size)
-        ]
-        return DataLoader(batches, batch_size=None)
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        world = trainer.world_size if trainer is not None else 1
-        stream = _ShuffledBatches(
-            self._splits["train"], self.batch_size, self.seed, self.shuffle, rank_of(self), world
-        )
-        return training_loader(self, stream, self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._evaluation_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._evaluation_loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader() if self.predict_split == "validation" else self.test_dataloader()
-
-    def split_sizes(self) -> dict[str, int]:
-        return {split: len(part) for split, part in self._splits.items()}
+        self.splits = splits
 
     # -------------------------------------------------------------- checkpoints and inspection
     def state_dict(self) -> dict[str, Any]:

@@ -9,21 +9,17 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from rrn_lightning.common import ClassificationBatch, ConfigurationError, ExampleText, check_positive_ints
 
-from ._evaluation import PredictSplit, check_predict_split
-from ._resumable import EpochBatches, rank_of, stream_seed, training_loader
+from ._evaluation import PredictSplit, StoredSplits, check_predict_split
 from .corpus import Vocab
 
 __all__ = ["TextClassificationDataModule"]
@@ -77,31 +73,7 @@ class _Rows:
         return ClassificationBatch(inputs, self.labels[index], lengths)
 
 
-class _ShuffledRows(EpochBatches):
-    def __init__(self, rows: _Rows, batch_size: int, seed: int, shuffle: bool, rank: int, world: int) -> None:
-        self.rows, self.batch_size, self.seed, self.shuffle, self.rank, self.world = (
-            rows,
-            batch_size,
-            seed,
-            shuffle,
-            rank,
-            world,
-        )
-
-    def __len__(self) -> int:
-        return math.ceil(len(range(self.rank, len(self.rows), self.world)) / self.batch_size)
-
-    def batches(self, epoch: int, start: int) -> Iterator[ClassificationBatch]:
-        n = len(self.rows)
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch))
-        order = (torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n))[
-            self.rank :: self.world
-        ]
-        for index in range(start, len(self)):
-            yield self.rows.batch(order[index * self.batch_size : (index + 1) * self.batch_size])
-
-
-class TextClassificationDataModule(LightningDataModule):
+class TextClassificationDataModule(StoredSplits, LightningDataModule):
     """Text classification on your own labelled text, read with Hugging Face ``datasets`` (``pip install -e
     ".[text]"``): a local ``.csv`` / ``.tsv``, ``.json`` / ``.jsonl`` (JSON lines) or ``.parquet`` file with a text
     column and a label column, or a hub data set name where the machine is online (its ``train``, ``validation``
@@ -182,7 +154,7 @@ class TextClassificationDataModule(LightningDataModule):
         counts = Counter(token for text in train_texts for token in self._split(text))
         self.token_vocab = Vocab.build(counts, min_freq=min_freq, max_size=max_size)
         self.classes = self._classes(train_labels)
-        self._rows = {name: self._encode(texts, labels, name) for name, (texts, labels) in raw.items()}
+        self.splits = {name: self._encode(texts, labels, name) for name, (texts, labels) in raw.items()}
 
     # -------------------------------------------------------------- what rrn links into the model
     @property
@@ -278,34 +250,6 @@ class TextClassificationDataModule(LightningDataModule):
             ids.append(names[key])
         tokens = [self.token_vocab.encode(self._split(text)) for text in texts]
         return _Rows(tokens, torch.tensor(ids, dtype=torch.long))
-
-    # -------------------------------------------------------------- loaders
-    def train_dataloader(self) -> DataLoader:
-        world = self.trainer.world_size if self.trainer is not None else 1
-        stream = _ShuffledRows(
-            self._rows["train"], self.batch_size, self.seed, self.shuffle, rank_of(self), world
-        )
-        return training_loader(self, stream)
-
-    def _evaluation_loader(self, split: str) -> DataLoader:
-        rows = self._rows[split]
-        batches = [
-            rows.batch(torch.arange(start, min(start + self.batch_size, len(rows))))
-            for start in range(0, len(rows), self.batch_size)
-        ]
-        return DataLoader(batches, batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._evaluation_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._evaluation_loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader() if self.predict_split == "validation" else self.test_dataloader()
-
-    def split_sizes(self) -> dict[str, int]:
-        return {split: len(rows) for split, rows in self._rows.items()}
 
     # -------------------------------------------------------------- checkpoints and inspection
     def state_dict(self) -> dict[str, Any]:
