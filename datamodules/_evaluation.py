@@ -26,14 +26,22 @@ def check_predict_split(owner: str, predict_split: str) -> None:
         )
 
 
-class FixedEvaluationSets:
+class PredictsASplit:
+    """``rrn predict`` reads the evaluation split that ``predict_split`` names (a data module argument)."""
+
+    predict_split: PredictSplit
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader() if self.predict_split == "validation" else self.test_dataloader()
+
+
+class FixedEvaluationSets(PredictsASplit):
     """``val_size`` and ``test_size`` examples, in batches of ``batch_size``, drawn once from ``val_seed`` and
     ``test_seed`` and kept for every later evaluation. A data module supplies the random source a seed starts
     (``_eval_source``) and how a batch of n examples is drawn from it (``_eval_batch``). ``rrn predict`` reads
     the split named by ``predict_split``."""
 
     batch_size: int
-    predict_split: PredictSplit
     val_size: int
     test_size: int
     val_seed: int
@@ -64,9 +72,6 @@ class FixedEvaluationSets:
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self._eval_batches("test"), batch_size=None)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader() if self.predict_split == "validation" else self.test_dataloader()
-
 
 def describe_seq2seq(
     batch: Seq2SeqBatch, index: int, prediction: Tensor | None, step_label, output_text, separator: str = ""
@@ -86,6 +91,35 @@ def describe_seq2seq(
 
 
 # ---------------------------------------------------------------------------------------------- stored splits
+def check_fractions(owner: str, **fractions: float) -> None:
+    """Each share of a file held out for a split (``val_fraction=0.1``) lies in [0, 1)."""
+    for name, value in fractions.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+            raise ConfigurationError(f"{owner}: {name} must lie in [0, 1), got {name}={value!r}.")
+
+
+def seeded_split(count: int, fractions: dict[str, float], seed: int) -> dict[str, Tensor]:
+    """The indices of ``count`` examples in an order fixed by ``seed``: the first ``round(count * fraction)`` for
+    each split of ``fractions`` in turn, and the rest as ``"train"``."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    parts, start = {}, 0
+    for name, fraction in fractions.items():
+        size = round(count * fraction)
+        parts[name], start = order[start : start + size], start + size
+    parts["train"] = order[start:]
+    return parts
+
+
+def check_splits_filled(owner: str, sizes: dict[str, int], total: int, unit: str) -> None:
+    """Every split has examples; else one line saying how to give it some (``unit``: what an example is)."""
+    for name in ("train", "val", "test"):
+        if sizes.get(name) == 0:
+            raise ConfigurationError(
+                f"{owner}: the {name} split is empty ({total} {unit} in path); give more {unit}, a larger "
+                f"{name}_fraction, or {name}_path."
+            )
+
+
 class Split(Protocol):
     """A split held in memory (a user's file): its size, and the batch of the examples ``index`` [k]."""
 
@@ -117,7 +151,7 @@ class ShuffledSplit(EpochBatches):
             yield self.split.batch(order[index * self.batch_size : (index + 1) * self.batch_size])
 
 
-class StoredSplits:
+class StoredSplits(PredictsASplit):
     """The loaders of a data module that holds its splits in memory (``splits``: train, val and test): shuffled,
     resumable training batches, fixed evaluation batches, ``rrn predict`` on ``predict_split``."""
 
@@ -125,7 +159,6 @@ class StoredSplits:
     batch_size: int
     seed: int
     shuffle: bool
-    predict_split: PredictSplit
     num_workers: int = 0
 
     def train_dataloader(self) -> DataLoader:
@@ -149,9 +182,6 @@ class StoredSplits:
 
     def test_dataloader(self) -> DataLoader:
         return self._evaluation_loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader() if self.predict_split == "validation" else self.test_dataloader()
 
     def split_sizes(self) -> dict[str, int]:
         return {name: len(split) for name, split in self.splits.items()}

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rrn_lightning.common import ClassificationBatch, ConfigurationError, ExampleText, check_positive_ints
 
-from ._evaluation import PredictSplit, check_predict_split
+from ._evaluation import PredictsASplit, PredictSplit, check_predict_split
 from ._resumable import SeededBatches, rank_of, training_loader
 
 __all__ = ["NthFarthestDataModule", "make_nth_farthest"]
@@ -70,7 +70,7 @@ class _Examples(Dataset):
         return ClassificationBatch(*(None if f[0] is None else torch.stack(f) for f in fields))
 
 
-class NthFarthestDataModule(LightningDataModule):
+class NthFarthestDataModule(PredictsASplit, LightningDataModule):
     """Nth farthest: given K vectors, which one is the n-th farthest from vector m?
 
     Each example is a sequence of K rows, one per vector, in random order. Row i is
@@ -215,18 +215,13 @@ class NthFarthestDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self._eval_set("test"), batch_size=self.batch_size, collate_fn=_Examples.collate)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader() if self.predict_split == "validation" else self.test_dataloader()
-
     def describe_example(
         self, batch: ClassificationBatch, index: int, prediction: Tensor | None
     ) -> ExampleText:
         """``DescribesExamples``: each step labelled by the id of the vector read there (rows come shuffled), and
         the question, the vectors by id, the answer and the model's."""
-        inputs, labels = (
-            batch.inputs[index].float().cpu(),
-            batch.labels[index],
-        )  # [K, F + 3K] or [S, K, F + 3K], []
+        # [K, F + 3K] or [S, K, F + 3K], and []
+        inputs, labels = batch.inputs[index].float().cpu(), batch.labels[index]
         K, Fe = self.num_vectors, self.num_features
         rows = inputs if inputs.dim() == 2 else inputs[0]  # [K, F + 3K]: a set's steps all read the same rows
         ids = rows[:, Fe : Fe + K].argmax(-1).tolist()  # [K]: the id of each row

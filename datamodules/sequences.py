@@ -16,9 +16,22 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
-from rrn_lightning.common import ClassificationBatch, ConfigurationError, ExampleText, check_positive_ints
+from rrn_lightning.common import (
+    ClassificationBatch,
+    ConfigurationError,
+    ExampleText,
+    as_batch,
+    check_positive_ints,
+)
 
-from ._evaluation import PredictSplit, StoredSplits, check_predict_split
+from ._evaluation import (
+    PredictSplit,
+    StoredSplits,
+    check_fractions,
+    check_predict_split,
+    check_splits_filled,
+    seeded_split,
+)
 
 __all__ = ["SequenceDataModule", "load_arrays", "pad_sequences"]
 
@@ -110,6 +123,12 @@ def pad_sequences(inputs: Any, where: str) -> tuple[Tensor, Tensor | None]:
     return padded, lengths
 
 
+def _real_steps(inputs: Tensor, lengths: Tensor | None) -> Tensor:
+    """The ``[N, T]`` mask of the real (not padded) steps of ``inputs [N, T, D]``: all of them without lengths."""
+    steps = torch.arange(inputs.shape[1])
+    return steps < (lengths if lengths is not None else torch.full((len(inputs),), inputs.shape[1]))[:, None]
+
+
 class _Split:
     """One split's tensors: inputs [N, T, D], labels [N], lengths [N] or None."""
 
@@ -183,9 +202,7 @@ class SequenceDataModule(StoredSplits, LightningDataModule):
             )
         check_positive_ints(OWNER, batch_size=batch_size)
         check_predict_split(OWNER, predict_split)
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-                raise ConfigurationError(f"{OWNER}: {name} must lie in [0, 1), got {name}={value!r}.")
+        check_fractions(OWNER, val_fraction=val_fraction, test_fraction=test_fraction)
         if (val_path is None) * val_fraction + (test_path is None) * test_fraction >= 1:
             raise ConfigurationError(
                 f"{OWNER}: val_fraction={val_fraction} and test_fraction={test_fraction} leave nothing to train on; "
@@ -249,7 +266,7 @@ class SequenceDataModule(StoredSplits, LightningDataModule):
                     f"{int(given.min())}..{int(given.max())}."
                 )
             lengths = given.long()
-        real = inputs if lengths is None else inputs[torch.arange(inputs.shape[1]) < lengths[:, None]]
+        real = inputs[_real_steps(inputs, lengths)]  # [real steps, D]
         if not torch.isfinite(real).all():
             bad = int((~torch.isfinite(inputs)).any(-1).any(-1).nonzero()[0, 0])
             raise ConfigurationError(
@@ -298,15 +315,13 @@ class SequenceDataModule(StoredSplits, LightningDataModule):
         inputs, labels, lengths = self._file(self.path, "path")
         ids = self._label_ids(labels, f"{OWNER}: path={self.path!r}", fit=True)
         whole = _Split(inputs, ids, lengths)
-        order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(self.split_seed))
-        held = {
-            "val": round(len(whole) * self.val_fraction) if self.val_path is None else 0,
-            "test": round(len(whole) * self.test_fraction) if self.test_path is None else 0,
+        fractions = {
+            "val": self.val_fraction if self.val_path is None else 0,
+            "test": self.test_fraction if self.test_path is None else 0,
         }
         splits = {
-            "val": whole.take(order[: held["val"]]),
-            "test": whole.take(order[held["val"] : held["val"] + held["test"]]),
-            "train": whole.take(order[held["val"] + held["test"] :]),
+            name: whole.take(index)
+            for name, index in seeded_split(len(whole), fractions, self.split_seed).items()
         }
         for split, path, what in (("val", self.val_path, "val_path"), ("test", self.test_path, "test_path")):
             if path is not None:
@@ -319,28 +334,18 @@ class SequenceDataModule(StoredSplits, LightningDataModule):
                 splits[split] = _Split(
                     inputs, self._label_ids(labels, f"{OWNER}: {what}={path!r}", fit=False), lengths
                 )
-        for split in ("train", "val", "test"):
-            if len(splits[split]) == 0:
-                raise ConfigurationError(
-                    f"{OWNER}: the {split} split is empty ({len(whole)} examples in path); give more examples, a "
-                    f"larger {split}_fraction, or {split}_path."
-                )
+        check_splits_filled(OWNER, {name: len(part) for name, part in splits.items()}, len(whole), "examples")
         if self.standardize:
             train = splits["train"]
-            real = (
-                train.inputs.flatten(0, 1)
-                if train.lengths is None
-                else train.inputs[torch.arange(train.inputs.shape[1]) < train.lengths[:, None]]
-            )
+            real = train.inputs[_real_steps(train.inputs, train.lengths)]  # [real steps, D]
             self.mean = real.mean(0)
             std = real.std(0, unbiased=False)
             self.std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature is only shifted
             for part in splits.values():
                 part.inputs = (part.inputs - self.mean) / self.std
-                if part.lengths is not None:  # padding stays zero
-                    part.inputs = (
-                        part.inputs * (torch.arange(part.inputs.shape[1]) < part.lengths[:, None])[..., None]
-                    )
+                part.inputs = (
+                    part.inputs * _real_steps(part.inputs, part.lengths)[..., None]
+                )  # padding stays 0
         self.splits = splits
 
     # -------------------------------------------------------------- checkpoints and inspection
@@ -357,7 +362,7 @@ class SequenceDataModule(StoredSplits, LightningDataModule):
 
     def describe_example(self, batch: Any, index: int, prediction: Tensor | None) -> ExampleText:
         """``DescribesExamples``: the sequence's length and first values, the class and the model's."""
-        batch = batch if isinstance(batch, ClassificationBatch) else ClassificationBatch(*batch)
+        batch = as_batch(batch, ClassificationBatch)
         length = int(batch.lengths[index]) if batch.lengths is not None else batch.inputs.shape[1]
         rows = batch.inputs[index, :length].float().cpu()
         first = ", ".join(f"{v:+.2f}" for v in rows[0, :4].tolist())

@@ -17,9 +17,22 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
-from rrn_lightning.common import ClassificationBatch, ConfigurationError, ExampleText, check_positive_ints
+from rrn_lightning.common import (
+    ClassificationBatch,
+    ConfigurationError,
+    ExampleText,
+    as_batch,
+    check_positive_ints,
+)
 
-from ._evaluation import PredictSplit, StoredSplits, check_predict_split
+from ._evaluation import (
+    PredictSplit,
+    StoredSplits,
+    check_fractions,
+    check_predict_split,
+    check_splits_filled,
+    seeded_split,
+)
 from .corpus import Vocab
 
 __all__ = ["TextClassificationDataModule"]
@@ -137,9 +150,7 @@ class TextClassificationDataModule(StoredSplits, LightningDataModule):
         for name, value in (("max_size", max_size), ("max_length", max_length)):
             if value is not None:
                 check_positive_ints(OWNER, **{name: value})
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-                raise ConfigurationError(f"{OWNER}: {name} must lie in [0, 1), got {name}={value!r}.")
+        check_fractions(OWNER, val_fraction=val_fraction, test_fraction=test_fraction)
         self.save_hyperparameters()
         self.text_column, self.label_column = text_column, label_column
         self.tokens, self.lowercase, self.max_length = tokens, lowercase, max_length
@@ -204,22 +215,15 @@ class TextClassificationDataModule(StoredSplits, LightningDataModule):
                 splits[name] = _load_file(given, what)
         columns = {name: self._columns(data, f"{name} split of {path!r}") for name, data in splits.items()}
         texts, labels = columns["train"]
-        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(split_seed)).tolist()
-        start = 0
-        for name, fraction in (("val", val_fraction), ("test", test_fraction)):
-            if name not in columns:
-                count = round(len(texts) * fraction)
-                taken = order[start : start + count]
-                columns[name] = ([texts[i] for i in taken], [labels[i] for i in taken])
-                start += count
-        kept = order[start:]
-        columns["train"] = ([texts[i] for i in kept], [labels[i] for i in kept])
-        for name, (split_texts, _) in columns.items():
-            if not split_texts:
-                raise ConfigurationError(
-                    f"{OWNER}: the {name} split is empty ({len(texts)} texts in path); give more texts, a larger "
-                    f"{name}_fraction, or {name}_path."
-                )
+        held = {
+            name: f for name, f in (("val", val_fraction), ("test", test_fraction)) if name not in columns
+        }
+        for name, index in seeded_split(len(texts), held, split_seed).items():
+            taken = index.tolist()
+            columns[name] = ([texts[i] for i in taken], [labels[i] for i in taken])
+        check_splits_filled(
+            OWNER, {name: len(part[0]) for name, part in columns.items()}, len(texts), "texts"
+        )
         return columns
 
     def _split(self, text: str) -> list[str]:
@@ -264,7 +268,7 @@ class TextClassificationDataModule(StoredSplits, LightningDataModule):
 
     def describe_example(self, batch: Any, index: int, prediction: Tensor | None) -> ExampleText:
         """``DescribesExamples``: the text as the model reads it, its label and the model's."""
-        batch = batch if isinstance(batch, ClassificationBatch) else ClassificationBatch(*batch)
+        batch = as_batch(batch, ClassificationBatch)
         length = int(batch.lengths[index]) if batch.lengths is not None else batch.inputs.shape[1]
         words = self.token_vocab.decode(batch.inputs[index, :length].tolist())
         joined = ("" if self.tokens == "char" else " ").join(words)

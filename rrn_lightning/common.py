@@ -13,7 +13,7 @@ no model code (``rrn_lightning/__init__.py`` loads everything else lazily). It h
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
 
@@ -93,6 +93,15 @@ class LanguageModelBatch(NamedTuple):
 
     inputs: Tensor  # [B, T] int64 token ids
     targets: Tensor  # [B, T] int64: the inputs shifted by one; IGNORE_INDEX where the stream was padded
+
+
+Batch = TypeVar("Batch", ClassificationBatch, Seq2SeqBatch, LanguageModelBatch)
+
+
+def as_batch(batch: Any, batch_type: type[Batch]) -> Batch:
+    """``batch`` as a ``batch_type`` whose fields are read by name; a plain tuple of its fields, as tests and users'
+    own loops may give, becomes one."""
+    return batch if isinstance(batch, batch_type) else batch_type(*batch)
 
 
 # ---------------------------------------------------------------------------------------------- the data contract

@@ -13,7 +13,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from ..common import EOS_ID, IGNORE_INDEX, ConfigurationError, LanguageModelBatch, check_positive_ints
+from ..common import (
+    EOS_ID,
+    IGNORE_INDEX,
+    ConfigurationError,
+    LanguageModelBatch,
+    as_batch,
+    check_positive_ints,
+)
 from ..cores import RecurrentCore
 from ..cores.compiling import CompileMode
 from .base import CORE_SETTING, Probe, Stage, TaskModule
@@ -227,7 +234,7 @@ class LanguageModel(TaskModule):
         return self.core.detach_state(state, self.device)
 
     def shared_step(self, batch: LanguageModelBatch, stage: Stage, batch_idx: int) -> Tensor:
-        batch = _named(batch)
+        batch = as_batch(batch, LanguageModelBatch)
         inputs, targets = batch.inputs, batch.targets
         if batch_idx == 0:  # an epoch's first window: its rows start afresh (a resumed epoch starts later)
             self._states.pop(stage, None)
@@ -251,7 +258,7 @@ class LanguageModel(TaskModule):
     def probe(self, batch: LanguageModelBatch) -> Probe:
         """The embedded window (from a fresh state), the most likely next word at each position, and what a
         continuation of the window's words needs."""
-        tokens = _named(batch).inputs
+        tokens = as_batch(batch, LanguageModelBatch).inputs
         hidden, _ = self(tokens)
         return Probe(
             self.embedding_dropout(self.embedding(tokens)),
@@ -264,9 +271,8 @@ class LanguageModel(TaskModule):
         )
 
     def batch_counts(self, batch: LanguageModelBatch) -> tuple[str, int]:
-        return "tokens", _named(
-            batch
-        ).targets.numel()  # padding (the stream's last window only) counted: no device sync
+        # Padding (the stream's last window only) counted: no device sync.
+        return "tokens", as_batch(batch, LanguageModelBatch).targets.numel()
 
     # -------------------------------------------------------------- the vocabulary
     # The vocabulary comes in as an argument (linked by the CLI from the data module), not read from
@@ -350,8 +356,3 @@ class LanguageModel(TaskModule):
             hidden, state = self(token, state)
         self.train(was_training)
         return out
-
-
-def _named(batch: LanguageModelBatch | tuple) -> LanguageModelBatch:
-    """A batch by its field names (a plain (inputs, targets) tuple, as tests and user loops may give, too)."""
-    return batch if isinstance(batch, LanguageModelBatch) else LanguageModelBatch(*batch)

@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
-from ..common import IGNORE_INDEX, ConfigurationError, Seq2SeqBatch, check_positive_ints
+from ..common import IGNORE_INDEX, ConfigurationError, Seq2SeqBatch, as_batch, check_positive_ints
 from ..cores import RecurrentCore
 from ..cores.compiling import CompileMode
 from .base import CORE_SETTING, Probe, Stage, TaskModule, mlp
@@ -127,12 +127,12 @@ class Seq2Seq(TaskModule):
 
     def probe(self, batch: Seq2SeqBatch) -> Probe:
         """The encoder's inputs (what the attention maps show) and the decoded outputs."""
-        batch = _named(batch)
+        batch = as_batch(batch, Seq2SeqBatch)
         decoded = self(batch.inputs, batch.input_lengths, batch.targets.shape[1]).argmax(-1)
         return Probe(batch.inputs, batch.input_lengths, decoded, self.core)  # the encoder's attention
 
     def batch_counts(self, batch: Seq2SeqBatch) -> tuple[str, int]:
-        return "examples", _named(batch).inputs.shape[0]
+        return "examples", as_batch(batch, Seq2SeqBatch).inputs.shape[0]
 
     @property
     def decoder(self) -> RecurrentCore:
@@ -169,14 +169,14 @@ class Seq2Seq(TaskModule):
     def batch_loss(self, batch: Seq2SeqBatch) -> Tensor:
         """The mean training loss of a batch (teacher-forced when autoregressive): ``SupportsBatchLoss``, what
         curriculum callbacks measure."""
-        batch = _named(batch)
+        batch = as_batch(batch, Seq2SeqBatch)
         logits = self(batch.inputs, batch.input_lengths, batch.targets.shape[1], batch.targets)
         return F.cross_entropy(
             logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE_INDEX
         )
 
     def shared_step(self, batch: Seq2SeqBatch, stage: Stage, batch_idx: int) -> Tensor:
-        batch = _named(batch)
+        batch = as_batch(batch, Seq2SeqBatch)
         targets = batch.targets
         teacher = targets if stage == "train" else None  # evaluation decodes on its own
         logits = self(batch.inputs, batch.input_lengths, targets.shape[1], teacher)
@@ -191,11 +191,6 @@ class Seq2Seq(TaskModule):
         return loss
 
     def predict_step(self, batch: Seq2SeqBatch, batch_idx: int) -> dict[str, Tensor]:
-        batch = _named(batch)
+        batch = as_batch(batch, Seq2SeqBatch)
         logits = self(batch.inputs, batch.input_lengths, batch.targets.shape[1])
         return {"prediction": logits.argmax(-1), "target": batch.targets}
-
-
-def _named(batch: Seq2SeqBatch | tuple) -> Seq2SeqBatch:
-    """A batch by its field names (a plain 4-tuple, as tests and user loops may give, becomes one too)."""
-    return batch if isinstance(batch, Seq2SeqBatch) else Seq2SeqBatch(*batch)
