@@ -465,25 +465,23 @@ class RRNCLI(HookedCLI):
         callbacks = list(config.trainer.callbacks or [])
         if self.subcommand == "fit" and config.trainer.logger is not False:
             # The learning rate beside the loss curves (lr-Adam, ...), whatever the scheduler makes of it.
-            if not any(str(getattr(c, "class_path", "")).endswith("LearningRateMonitor") for c in callbacks):
+            if not _named_callbacks(callbacks, "LearningRateMonitor"):
                 callbacks.append(Namespace(class_path=LR_MONITOR, init_args=Namespace()))
         # A progress bar that fits 80 columns, and where the run went at the end. The bar off drops ours where a
         # config names it (a --print_config output used as a config, say).
         if config.trainer.enable_progress_bar is False:
-            callbacks = [
-                c for c in callbacks if not str(getattr(c, "class_path", "")).endswith("RunProgressBar")
-            ]
-        elif not any("ProgressBar" in str(getattr(c, "class_path", "")) for c in callbacks):
+            callbacks = [c for c in callbacks if c not in _named_callbacks(callbacks, "RunProgressBar")]
+        elif not _named_callbacks(callbacks, "ProgressBar"):
             callbacks.append(Namespace(class_path="rrn_lightning.runs.RunProgressBar", init_args=Namespace()))
         if (
             self.subcommand in ("fit", "validate", "test")
             and config.trainer.logger is not False
-            and not any(str(getattr(c, "class_path", "")).endswith("RunSummary") for c in callbacks)
+            and not _named_callbacks(callbacks, "RunSummary")
         ):
             callbacks.append(Namespace(class_path="rrn_lightning.runs.RunSummary", init_args=Namespace()))
         if self.subcommand == "predict":
             split = self._predict_split(config)
-            if not any(str(getattr(c, "class_path", "")).endswith("PredictionWriter") for c in callbacks):
+            if not _named_callbacks(callbacks, "PredictionWriter"):
                 callbacks.append(
                     Namespace(
                         class_path="rrn_lightning.runs.PredictionWriter", init_args=Namespace(split=split)
@@ -538,6 +536,11 @@ class RRNCLI(HookedCLI):
                 f"(counted across resumes) at epoch {trainer.current_epoch}{planned}, step {trainer.global_step}; "
                 "continue with --ckpt_path last and a larger --trainer.max_time."
             )
+
+
+def _named_callbacks(callbacks: list, suffix: str) -> list:
+    """The config's callbacks whose class name ends with ``suffix`` (``ProgressBar``: any progress bar)."""
+    return [c for c in callbacks if str(getattr(c, "class_path", "")).rpartition(".")[2].endswith(suffix)]
 
 
 def _vocab_words(vocab) -> list[str]:

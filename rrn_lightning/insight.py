@@ -98,18 +98,18 @@ def attention_image(
     caption_lines = [part for line in caption for part in wrap_text(measure, line, text_width, font)]
     layout = AttentionLayout(blocks * heads, len(steps), N, K, len(caption_lines))
     width, height = layout.size
-    s, top = layout.scale, TOP
+    s = layout.scale
     canvas = torch.full((height, width, 3), 255, dtype=torch.uint8)
     cell_w, cell_h = K * s + GAP, N * s + GAP
     for column, t in enumerate(steps):
         for row in range(blocks * heads):
             weights = attention[t, row // heads, row % heads]  # [N, K]
             pixels = colorize(weights).repeat_interleave(s, 0).repeat_interleave(s, 1)  # [N*s, K*s, 3]
-            y, x = top + row * cell_h, LEFT + column * cell_w
+            y, x = TOP + row * cell_h, LEFT + column * cell_w
             canvas[y : y + N * s, x : x + K * s] = pixels
     bar_x, bar_height = layout.grid_width - RIGHT + 4, max(layout.rows * cell_h - GAP, LINE * 2)
     ramp = torch.linspace(1, 0, bar_height)[:, None].expand(bar_height, 6)  # [height, 6]: 1 at the top
-    canvas[top : top + bar_height, bar_x : bar_x + 6] = colorize(ramp)
+    canvas[TOP : TOP + bar_height, bar_x : bar_x + 6] = colorize(ramp)
 
     image = Image.fromarray(canvas.numpy())
     draw = ImageDraw.Draw(image)
@@ -119,21 +119,21 @@ def attention_image(
     for column, t in enumerate(steps):
         x = LEFT + column * cell_w
         label = f"t={t}: {step_labels[t]}" if t < len(step_labels) and step_labels[t] else f"t={t}"
-        draw.text((x, top - LINE - 2), fit_text(draw, label, cell_w - 2, font), fill=black, font=font)
-        y = top + layout.rows * cell_h - GAP + 1
+        draw.text((x, TOP - LINE - 2), fit_text(draw, label, cell_w - 2, font), fill=black, font=font)
+        y = TOP + layout.rows * cell_h - GAP + 1
         for k in range(K):  # key labels under the last row: slot numbers, then x for the input rows
             if s >= 7 or k in (0, N - 1, N):
                 draw.text((x + k * s + max(0, s - 6) // 2, y), str(k) if k < N else "x", fill=grey, font=font)
     for row in range(blocks * heads):
-        y = top + row * cell_h
+        y = TOP + row * cell_h
         name = f"h{row % heads}" if blocks == 1 else f"b{row // heads}h{row % heads}"
         draw.text((1, y), name, fill=black, font=font)
         for n in range(N):  # slot numbers beside the first column
             if s >= 9 or n in (0, N - 1):
                 draw.text((LEFT - 8, y + n * s + (s - FONT_SIZE) // 2), str(n), fill=grey, font=font)
-    draw.text((bar_x + 8, top - 2), "1", fill=grey, font=font)
-    draw.text((bar_x + 8, top + bar_height - LINE + 2), "0", fill=grey, font=font)
-    y = top + layout.rows * cell_h + TICKS + GAP // 2
+    draw.text((bar_x + 8, TOP - 2), "1", fill=grey, font=font)
+    draw.text((bar_x + 8, TOP + bar_height - LINE + 2), "0", fill=grey, font=font)
+    y = TOP + layout.rows * cell_h + TICKS + GAP // 2
     for line in caption_lines:
         draw.text((2, y), line, fill=black, font=font)
         y += LINE

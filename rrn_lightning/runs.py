@@ -99,9 +99,8 @@ class RunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def log_hyperparams(self, params, metrics=None, step=None) -> None:
-        params = plain_hparams(
-            params
-        )  # Lightning's own bookkeeping (_instantiator, ...) is not a hyperparameter
+        # Lightning's own bookkeeping (_instantiator, ...) is not a hyperparameter.
+        params = plain_hparams(params)
         if metrics is not None or not self._hparam_metrics:
             return super().log_hyperparams(params, metrics, step)
         params.update(self._extra_hparams)
@@ -440,7 +439,7 @@ def monitored_metric(trainer: Trainer, pl_module: LightningModule) -> tuple[str,
     callback = trainer.checkpoint_callback
     if isinstance(callback, ModelCheckpoint) and callback.monitor:
         return callback.monitor, callback.mode
-    name, mode = getattr(pl_module, "primary_metric", ("loss", "min"))
+    name, mode = pl_module.primary_metric if isinstance(pl_module, TaskModule) else ("loss", "min")
     return f"val/{name}", mode
 
 
