@@ -274,4 +274,4 @@ class TextClassificationDataModule(StoredSplits, LightningDataModule):
         joined = ("" if self.tokens == "char" else " ").join(words)
         label = self.classes[int(batch.labels[index])]
         model = "" if prediction is None else f", model {self.classes[int(prediction)]}"
-        return ExampleText(words, [f"text: {joined}", f"label {label}{model}"])
+        return ExampleText(words, [f"text: {joined}", f"class {label}{model}"])

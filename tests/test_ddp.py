@@ -165,6 +165,37 @@ def test_word_lm_under_ddp_validates_as_one_process(tmp_path):
     assert_same_metrics(last_validation(run), one, {"val/loss", "val/ppl"})
 
 
+def test_own_sequences_under_ddp_validate_as_one_process(tmp_path):
+    """A user's .npz with a validation file of 13 sequences in batches of 4 (4, 4, 4, 1): the ranks get 8 and 5."""
+    import numpy
+
+    generator = torch.Generator().manual_seed(0)
+    for name, count in [("train", 40), ("val", 13), ("test", 9)]:
+        inputs = torch.randn(count, 5, 3, generator=generator)
+        labels = (inputs[:, :, 0].sum(1) > 0).long()
+        numpy.savez(tmp_path / f"{name}.npz", inputs=inputs.numpy(), labels=labels.numpy())
+    config = EXPERIMENTS / "own_data" / "sequences_rmc.yaml"
+    data = [
+        f"--data.init_args.path={tmp_path / 'train.npz'}",
+        f"--data.init_args.val_path={tmp_path / 'val.npz'}",
+        f"--data.init_args.test_path={tmp_path / 'test.npz'}",
+        "--data.init_args.batch_size=4",
+    ]
+    run = torchrun_fit(tmp_path, config, *data, "--trainer.max_epochs=1")
+    one = one_process_validation(tmp_path, config, run / "checkpoints" / "last.ckpt", *data)
+    assert_same_metrics(last_validation(run), one, {"val/loss", "val/acc"})
+
+
+def test_own_text_under_ddp_validates_as_one_process(tmp_path):
+    """The shipped reviews with 0.1 of them (24) held out for validation, in batches of 5 (5 x 4, then 4)."""
+    pytest.importorskip("datasets")
+    config = EXPERIMENTS / "own_data" / "text_rmc.yaml"
+    data = [f"--data.init_args.path={TESTS / 'data' / 'reviews.csv'}", "--data.init_args.batch_size=5"]
+    run = torchrun_fit(tmp_path, config, *data, "--trainer.max_epochs=1")
+    one = one_process_validation(tmp_path, config, run / "checkpoints" / "last.ckpt", *data)
+    assert_same_metrics(last_validation(run), one, {"val/loss", "val/acc"})
+
+
 # --------------------------------------------------------------------- two machines, simulated
 def test_two_nodes_with_a_c10d_rendezvous_train_to_the_same_weights(tmp_path):
     """Two torchrun agents, as on two machines (``--nnodes=2 --node_rank=i``, one process each), meet at a c10d

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,15 @@ from rrn_lightning.cli import cli_main
 from rrn_lightning.common import ConfigurationError
 
 EXPERIMENTS = Path(__file__).parents[1] / "experiments" / "own_data"
+
+
+def samples_text(run: Path) -> str:
+    """The last ``samples/examples`` text a run wrote to TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    events.Reload()
+    return events.Tensors("samples/examples/text_summary")[-1].tensor_proto.string_val[0].decode()
 
 
 def fixed(tmp_path: Path, n: int = 50, name: str = "fixed.npz", **extra) -> Path:
@@ -171,6 +181,10 @@ def test_fit_then_predict_through_the_cli(tmp_path, capsys):
     cli = cli_main(["fit", *common])
     assert cli.model.class_names == ["down", "up"] and cli.model.core.input_size == 3
     run = Path(cli.trainer.log_dir)
+    # TensorBoard's samples put the validation examples in words, with the class and the model's by name.
+    text = samples_text(run)
+    assert text.count("a sequence of ") == 3 and text.count("features; step 0: (") == 3
+    assert re.search(r"class (down|up), model (down|up)", text)
     cli_main(
         ["predict", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "--trainer.enable_progress_bar=false"]
     )

@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 
@@ -45,6 +46,12 @@ LTE = [
     "--trainer.callbacks.batch_size=8",
     "--model.init_args.lr_scheduler.init_args.milestones=[1]",
     "--checkpoint.every_n_train_steps=5",
+]
+# A user's own data (the args functions below add the file): two epochs of 6 steps.
+OWN = [
+    "--trainer.max_epochs=2",
+    "--trainer.log_every_n_steps=1",
+    "--checkpoint.every_n_train_steps=3",
 ]
 # A word language model with dropout, variable BPTT, momentum and a scheduler: the carried core state, the window
 # lengths and the global random state must all come back.
@@ -146,6 +153,27 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
+def own_sequences_args(tmp_path: Path) -> list[str]:
+    """A user's .npz (60 sequences; 48 train in batches of 8: 6 steps an epoch), shuffled each epoch."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(60, 5, 3, generator=generator)
+    path = tmp_path / "mine.npz"
+    numpy.savez(path, inputs=inputs.numpy(), labels=(inputs[:, :, 0].sum(1) > 0).long().numpy())
+    return [
+        f"--config={EXPERIMENTS / 'own_data' / 'sequences_rmc.yaml'}",
+        f"--data.init_args.path={path}",
+        "--data.init_args.batch_size=8",
+        *OWN,
+    ]
+
+
+def own_text_args(tmp_path: Path) -> list[str]:
+    """The shipped reviews (240 rows; 192 train in batches of 32: 6 steps an epoch), shuffled each epoch."""
+    pytest.importorskip("datasets")
+    path = TESTS / "data" / "reviews.csv"
+    return [f"--config={EXPERIMENTS / 'own_data' / 'text_rmc.yaml'}", f"--data.init_args.path={path}", *OWN]
+
+
 def lm_args(tmp_path: Path) -> list[str]:
     corpus = tmp_path / "corpus"
     shutil.copytree(TESTS / "data" / "gettysburg", corpus)
@@ -157,10 +185,17 @@ def lm_args(tmp_path: Path) -> list[str]:
 @pytest.mark.smoke
 @pytest.mark.parametrize(
     "family,kill_at,final_step",
-    [("nth_farthest", 7, 20), ("learn_to_execute", 7, 24), ("word_lm", 8, 46)],
+    [
+        ("nth_farthest", 7, 20),
+        ("learn_to_execute", 7, 24),
+        ("word_lm", 8, 46),
+        ("own_sequences", 11, 12),
+        ("own_text", 11, 12),
+    ],
 )
 def test_killed_run_resumes_bit_identical_in_its_own_folder(family, kill_at, final_step, tmp_path):
-    args = {"nth_farthest": NTH, "learn_to_execute": LTE}.get(family) or lm_args(tmp_path)
+    make_args = {"word_lm": lm_args, "own_sequences": own_sequences_args, "own_text": own_text_args}
+    args = {"nth_farthest": NTH, "learn_to_execute": LTE}.get(family) or make_args[family](tmp_path)
     root = [f"--trainer.default_root_dir={tmp_path / 'runs'}"]
     full, killed = rrn_together(
         ["fit", *args, *root, "--run_name=full"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 import torch
 
 pytest.importorskip("datasets")
+
+from test_own_data import samples_text  # noqa: E402
 
 from datamodules import TextClassificationDataModule  # noqa: E402
 from rrn_lightning.cli import cli_main  # noqa: E402
@@ -115,6 +118,10 @@ def test_fit_then_predict_from_the_checkpoint_alone(core, tmp_path, capsys):
     assert cli.model.embedding.num_embeddings == cli.datamodule.vocab_size
     assert cli.model.class_names == ["neg", "pos"]
     run = Path(cli.trainer.log_dir)
+    # TensorBoard's samples show each validation example's words, its label and the model's, by name.
+    text = samples_text(run)
+    assert text.count("text: ") == 3 and re.search(r"text: [a-z]+ [a-z]+", text)
+    assert re.search(r"class (neg|pos), model (neg|pos)", text)
     ckpt = run / "checkpoints" / "last.ckpt"
     cli_main(["predict", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false"])
     assert "(the test split, 3 examples" in capsys.readouterr().out
