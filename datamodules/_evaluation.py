@@ -120,6 +120,40 @@ def check_splits_filled(owner: str, sizes: dict[str, int], total: int, unit: str
             )
 
 
+def class_names(values: list[Any], where: str) -> list[str]:
+    """The classes the training split's labels define: its strings sorted, or ``"0"``..``"max"`` for class ids
+    from 0. ``where`` names the file or column in the error."""
+    if values and all(isinstance(v, str) for v in values):
+        return sorted(set(values))
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        kinds = sorted({type(v).__name__ for v in values})
+        raise ConfigurationError(
+            f"{where}: labels must be integer class ids or strings, got {', '.join(kinds)} values."
+        )
+    if values and min(values) < 0:
+        raise ConfigurationError(f"{where}: labels must be class ids from 0, got {min(values)}.")
+    return [str(i) for i in range(max(values) + 1 if values else 0)]
+
+
+def class_ids(values: list[Any], classes: list[str], where: str) -> Tensor:
+    """Labels as ids into ``classes`` (the training split's); a label outside them is one line naming it."""
+    if values and all(isinstance(v, str) for v in values):
+        index = {name: i for i, name in enumerate(classes)}
+        unseen = next((v for v in values if v not in index), None)
+        if unseen is not None:
+            raise ConfigurationError(
+                f"{where}: label {unseen!r} is not a class of the training split ({', '.join(classes)})."
+            )
+        return torch.tensor([index[v] for v in values], dtype=torch.long)
+    class_names(values, where)  # the same checks of type and sign as for the training split
+    if values and max(values) >= len(classes):
+        raise ConfigurationError(
+            f"{where}: label {max(values)} is out of range: the training split has {len(classes)} classes "
+            f"(0..{len(classes) - 1})."
+        )
+    return torch.tensor(values, dtype=torch.long)
+
+
 class Split(Protocol):
     """A split held in memory (a user's file): its size, and the batch of the examples ``index`` [k]."""
 

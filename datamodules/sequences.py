@@ -30,6 +30,8 @@ from ._evaluation import (
     check_fractions,
     check_predict_split,
     check_splits_filled,
+    class_ids,
+    class_names,
     seeded_split,
 )
 
@@ -284,32 +286,9 @@ class SequenceDataModule(StoredSplits, LightningDataModule):
     def _label_ids(self, labels: Any, where: str, fit: bool) -> Tensor:
         """Labels -> class ids; ``fit``: the training file, which sets the classes."""
         values = labels.tolist() if hasattr(labels, "tolist") else list(labels)
-        if values and all(isinstance(v, str) for v in values):
-            if fit:
-                self.classes = sorted(set(values))
-            index = {name: i for i, name in enumerate(self.classes)}
-            unseen = next((v for v in values if v not in index), None)
-            if unseen is not None:
-                raise ConfigurationError(
-                    f"{where}: label {unseen!r} is not a class of the training split ({', '.join(self.classes)})."
-                )
-            return torch.tensor([index[v] for v in values], dtype=torch.long)
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            kinds = sorted({type(v).__name__ for v in values})
-            raise ConfigurationError(
-                f"{where}: labels must be integer class ids or strings, got {', '.join(kinds)} values."
-            )
-        ids = torch.tensor(values, dtype=torch.long)
-        if len(ids) and int(ids.min()) < 0:
-            raise ConfigurationError(f"{where}: labels must be class ids from 0, got {int(ids.min())}.")
         if fit:
-            self.classes = [str(i) for i in range(int(ids.max()) + 1 if len(ids) else 0)]
-        elif len(ids) and int(ids.max()) >= len(self.classes):
-            raise ConfigurationError(
-                f"{where}: label {int(ids.max())} is out of range: the training split has {len(self.classes)} "
-                f"classes (0..{len(self.classes) - 1})."
-            )
-        return ids
+            self.classes = class_names(values, where)
+        return class_ids(values, self.classes, where)
 
     def _read(self) -> None:
         inputs, labels, lengths = self._file(self.path, "path")

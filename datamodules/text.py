@@ -31,6 +31,8 @@ from ._evaluation import (
     check_fractions,
     check_predict_split,
     check_splits_filled,
+    class_ids,
+    class_names,
     seeded_split,
 )
 from .corpus import Vocab
@@ -164,7 +166,7 @@ class TextClassificationDataModule(StoredSplits, LightningDataModule):
         train_texts, train_labels = raw["train"]
         counts = Counter(token for text in train_texts for token in self._split(text))
         self.token_vocab = Vocab.build(counts, min_freq=min_freq, max_size=max_size)
-        self.classes = self._classes(train_labels)
+        self.classes = class_names(train_labels, self._label_source("train"))
         self.splits = {name: self._encode(texts, labels, name) for name, (texts, labels) in raw.items()}
 
     # -------------------------------------------------------------- what rrn links into the model
@@ -226,34 +228,18 @@ class TextClassificationDataModule(StoredSplits, LightningDataModule):
         )
         return columns
 
+    def _label_source(self, split: str) -> str:
+        return f"{OWNER}: the {split} split's {self.label_column!r} column"
+
     def _split(self, text: str) -> list[str]:
         text = text.lower() if self.lowercase else text
         tokens = list(text) if self.tokens == "char" else text.split()
         return tokens[: self.max_length] if self.max_length is not None else tokens
 
-    def _classes(self, labels: list[Any]) -> list[str]:
-        if all(isinstance(v, str) for v in labels):
-            return sorted(set(labels))
-        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in labels):
-            return [str(i) for i in range(max(labels) + 1)]
-        raise ConfigurationError(
-            f"{OWNER}: the {self.label_column!r} column must hold strings or class ids from 0, got "
-            f"{sorted({type(v).__name__ for v in labels})} values."
-        )
-
     def _encode(self, texts: list[str], labels: list[Any], split: str) -> _Rows:
-        names = {name: i for i, name in enumerate(self.classes)}
-        ids = []
-        for label in labels:
-            key = label if isinstance(label, str) else str(label)
-            if key not in names:
-                raise ConfigurationError(
-                    f"{OWNER}: the {split} split has label {label!r}, which the training split does not "
-                    f"({', '.join(self.classes)})."
-                )
-            ids.append(names[key])
+        ids = class_ids(labels, self.classes, self._label_source(split))
         tokens = [self.token_vocab.encode(self._split(text)) for text in texts]
-        return _Rows(tokens, torch.tensor(ids, dtype=torch.long))
+        return _Rows(tokens, ids)
 
     # -------------------------------------------------------------- checkpoints and inspection
     def state_dict(self) -> dict[str, Any]:

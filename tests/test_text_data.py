@@ -89,7 +89,8 @@ def test_bad_input_in_one_line(tmp_path, monkeypatch):
     train = write_csv(tmp_path / "r.csv")
     other = write_csv(tmp_path / "v.csv", [("so so", "meh")] * 2)
     with pytest.raises(
-        ConfigurationError, match="the val split has label 'meh', which the training split does not"
+        ConfigurationError,
+        match="the val split's 'label' column: label 'meh' is not a class of the training split",
     ):
         TextClassificationDataModule(str(train), val_path=str(other))
     with pytest.raises(
