@@ -29,9 +29,9 @@ one_run() {  # config seed: fit, then test the last checkpoint, logging into the
 }
 export -f one_run
 export ROOT
-export EXTRA_ARGS="${extra[*]:-}"
+export EXTRA_ARGS="$( ((${#extra[@]})) && printf '%q ' "${extra[@]}")"  # quoted: an argument may hold spaces
 # Seed by seed, the configs of one seed side by side (with JOBS equal to the number of configs, each pair shares the
 # machine for its whole run, so wall-time budgets stay comparable).
 for seed in $SEEDS; do for config in "${configs[@]}"; do echo "$config $seed"; done; done |
-  xargs -P "$JOBS" -L 1 bash -c 'extra=($EXTRA_ARGS); one_run "$0" "$1"'
+  xargs -P "$JOBS" -L 1 bash -c 'eval "extra=($EXTRA_ARGS)"; one_run "$0" "$1"'
 rrn compare "$ROOT"

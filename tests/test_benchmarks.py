@@ -135,3 +135,36 @@ def test_nth_farthest_diagnose_smoke():
         assert "wall_seconds" in lines[-1]
     # The LSTM baseline matches the RMC's core parameters as closely as a whole number of units can.
     assert nth_farthest_diagnose.lstm_hidden_for(63744, 64) == 97
+
+
+def test_seeds_script_runs_each_config_and_seed_and_passes_extra_arguments_whole(tmp_path):
+    """benchmarks/seeds.sh: fit then test per (config, seed), into ROOT/<family>_<config>_seed<N>; an extra argument
+    with a space in it reaches rrn as one argument."""
+    import os
+    import shutil
+
+    if shutil.which("rrn") is None and not (Path(sys.executable).parent / "rrn").exists():
+        import pytest
+
+        pytest.skip("rrn is not installed in this environment")
+    env = {**os.environ, "ROOT": str(tmp_path / "runs"), "SEEDS": "0 1", "JOBS": "2"}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    configs = [ROOT / "experiments" / "nth_farthest" / f"{core}_cpu.yaml" for core in ("rmc", "lstm")]
+    extra = ["--trainer.max_epochs=1", "--data.init_args.batches_per_epoch=2", "--data.init_args.val_size=16"]
+    extra += ["--data.init_args.test_size=16", "--data.init_args.batch_size=8", "--trainer.callbacks=[ ]"]
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "seeds.sh"), *map(str, configs), "--", *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    names = {f"nth_farthest_{core}_cpu_seed{seed}" for core in ("rmc", "lstm") for seed in (0, 1)}
+    assert {p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()} == names
+    for name in names:
+        assert (tmp_path / "runs" / name / "version_0" / "checkpoints" / "last.ckpt").is_file()
+        assert "test/acc" in (tmp_path / "runs" / f"{name}.test.log").read_text()
+    # rrn compare's table closes the output: one row per config, n = 2.
+    rows = [line for line in result.stdout.splitlines() if "_seed*/version_0" in line]
+    assert len(rows) == 2 and all("|   2 |" in row for row in rows)
