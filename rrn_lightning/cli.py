@@ -60,6 +60,9 @@ from .tasks import LanguageModel, TaskModule
 
 # Our generated training streams run in the main process (no workers), where their __len__ is exact.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+# rrn predict keeps the predictions in the loader's order itself (PredictionWriter); Lightning's per-example batch
+# indices, which it cannot find for a loader of ready-made batches, are not used.
+warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
 # Lightning's own use of a torch API that torch deprecated; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
