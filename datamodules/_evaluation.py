@@ -146,6 +146,11 @@ def class_ids(values: list[Any], classes: list[str], where: str) -> Tensor:
             )
         return torch.tensor([index[v] for v in values], dtype=torch.long)
     class_names(values, where)  # the same checks of type and sign as for the training split
+    if values and classes != [str(i) for i in range(len(classes))]:
+        raise ConfigurationError(
+            f"{where}: labels are class ids, but the training split's are names ({', '.join(classes)}); give "
+            f"every split the same kind of labels."
+        )
     if values and max(values) >= len(classes):
         raise ConfigurationError(
             f"{where}: label {max(values)} is out of range: the training split has {len(classes)} classes "

@@ -144,6 +144,11 @@ def test_bad_split_files_and_arguments(tmp_path):
     other = ragged(tmp_path, 6, "val.npz", labels=np.array(["a", "c"] * 3))
     with pytest.raises(ConfigurationError, match="val_path=.*label 'c' is not a class of the training split"):
         SequenceDataModule(str(train), val_path=str(other))
+    numbered = ragged(tmp_path, 6, "numbered.npz", labels=np.array([0, 1] * 3))
+    with pytest.raises(
+        ConfigurationError, match="val_path=.*labels are class ids, but the training split's are names"
+    ):
+        SequenceDataModule(str(train), val_path=str(numbered))
     ints = fixed(tmp_path, 20)
     high = fixed(tmp_path, 5, "high.npz")
     np.savez(high, inputs=np.zeros((5, 6, 4)), labels=np.array([0, 1, 2, 0, 1]))
