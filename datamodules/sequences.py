@@ -322,9 +322,8 @@ class SequenceDataModule(StoredSplits, LightningDataModule):
             self.std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature is only shifted
             for part in splits.values():
                 part.inputs = (part.inputs - self.mean) / self.std
-                part.inputs = (
-                    part.inputs * _real_steps(part.inputs, part.lengths)[..., None]
-                )  # padding stays 0
+                if part.lengths is not None:  # padding stays 0
+                    part.inputs = part.inputs * _real_steps(part.inputs, part.lengths)[..., None]
         self.splits = splits
 
     # -------------------------------------------------------------- checkpoints and inspection
