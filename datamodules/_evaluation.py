@@ -125,6 +125,12 @@ def class_names(values: list[Any], where: str) -> list[str]:
     from 0. ``where`` names the file or column in the error."""
     if values and all(isinstance(v, str) for v in values):
         return sorted(set(values))
+    _check_class_ids(values, where)
+    return [str(i) for i in range(max(values) + 1 if values else 0)]
+
+
+def _check_class_ids(values: list[Any], where: str) -> None:
+    """Labels that are not names must be integer class ids from 0."""
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         kinds = sorted({type(v).__name__ for v in values})
         raise ConfigurationError(
@@ -132,7 +138,6 @@ def class_names(values: list[Any], where: str) -> list[str]:
         )
     if values and min(values) < 0:
         raise ConfigurationError(f"{where}: labels must be class ids from 0, got {min(values)}.")
-    return [str(i) for i in range(max(values) + 1 if values else 0)]
 
 
 def class_ids(values: list[Any], classes: list[str], where: str) -> Tensor:
@@ -145,7 +150,7 @@ def class_ids(values: list[Any], classes: list[str], where: str) -> Tensor:
                 f"{where}: label {unseen!r} is not a class of the training split ({', '.join(classes)})."
             )
         return torch.tensor([index[v] for v in values], dtype=torch.long)
-    class_names(values, where)  # the same checks of type and sign as for the training split
+    _check_class_ids(values, where)
     if values and classes != [str(i) for i in range(len(classes))]:
         raise ConfigurationError(
             f"{where}: labels are class ids, but the training split's are names ({', '.join(classes)}); give "
