@@ -167,13 +167,10 @@ def test_word_lm_under_ddp_validates_as_one_process(tmp_path):
 
 def test_own_sequences_under_ddp_validate_as_one_process(tmp_path):
     """A user's .npz with a validation file of 13 sequences in batches of 4 (4, 4, 4, 1): the ranks get 8 and 5."""
-    import numpy
+    from test_own_data import fixed
 
-    generator = torch.Generator().manual_seed(0)
     for name, count in [("train", 40), ("val", 13), ("test", 9)]:
-        inputs = torch.randn(count, 5, 3, generator=generator)
-        labels = (inputs[:, :, 0].sum(1) > 0).long()
-        numpy.savez(tmp_path / f"{name}.npz", inputs=inputs.numpy(), labels=labels.numpy())
+        fixed(tmp_path, count, f"{name}.npz")
     config = EXPERIMENTS / "own_data" / "sequences_rmc.yaml"
     data = [
         f"--data.init_args.path={tmp_path / 'train.npz'}",

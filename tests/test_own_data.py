@@ -19,10 +19,11 @@ EXPERIMENTS = Path(__file__).parents[1] / "experiments" / "own_data"
 def samples_text(run: Path) -> str:
     """The last ``samples/examples`` text a run wrote to TensorBoard."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_insight import text_of
 
     events = EventAccumulator(str(run), size_guidance={"tensors": 0})
     events.Reload()
-    return events.Tensors("samples/examples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    return text_of(events, "samples/examples")
 
 
 def fixed(tmp_path: Path, n: int = 50, name: str = "fixed.npz", **extra) -> Path:

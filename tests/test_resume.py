@@ -11,7 +11,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy
 import pytest
 import torch
 
@@ -155,13 +154,11 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
 
 def own_sequences_args(tmp_path: Path) -> list[str]:
     """A user's .npz (60 sequences; 48 train in batches of 8: 6 steps an epoch), shuffled each epoch."""
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(60, 5, 3, generator=generator)
-    path = tmp_path / "mine.npz"
-    numpy.savez(path, inputs=inputs.numpy(), labels=(inputs[:, :, 0].sum(1) > 0).long().numpy())
+    from test_own_data import fixed
+
     return [
         f"--config={EXPERIMENTS / 'own_data' / 'sequences_rmc.yaml'}",
-        f"--data.init_args.path={path}",
+        f"--data.init_args.path={fixed(tmp_path, 60)}",
         "--data.init_args.batch_size=8",
         *OWN,
     ]
